@@ -1,0 +1,175 @@
+"""Abstract contracts between the engine and its plugins.
+
+Shapes use B = streams in a batch, F = frames, N = tokens per frame, L = layers, Hh = heads,
+Dh = head dim, C/H/W = latent channels/height/width, D = descriptor dim.
+
+K/V layout (fixed, so memory tiers can change without touching a backbone): the K/V of F frames
+is one tensor ``[L, 2, B, F, N, Hh, Dh]`` (index 0 = K, stored *without* RoPE; 1 = V). The
+backbone applies positions in ``prepare`` and rearranges as it likes, once per block.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+ROLE_SINK, ROLE_RETRIEVED, ROLE_LOCAL = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the engine must know about a backbone to plan and store its context."""
+
+    latent_shape: tuple[int, int, int]  # (C, H, W) of one latent frame
+    tokens_per_frame: int
+    frames_per_block: int
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    kv_dtype: torch.dtype
+    window: int  # default attention window in frames, incl. sink and the current block
+    sink: int  # default number of sink frames
+
+
+@dataclass
+class Context:
+    """The planned attention context of one block, built once by the engine, used by every pass.
+
+    ``kv`` is ``[L, 2, B, F, N, Hh, Dh]`` (K un-roped). Per stream, frames that are padding
+    (streams that got fewer retrieved frames) have ``valid`` False and ``frame_ids`` -1.
+    """
+
+    kv: Tensor  # [L, 2, B, F, N, Hh, Dh]
+    frame_ids: Tensor  # [B, F] long, -1 = padding
+    positions: Tensor  # [B, F] long temporal positions
+    roles: Tensor  # [B, F] long: ROLE_SINK / ROLE_RETRIEVED / ROLE_LOCAL
+    valid: Tensor  # [B, F] bool
+    block_start: int  # frame id of the block's first frame
+    block_positions: Tensor  # [B, Fb] temporal positions of the block's frames
+
+
+class Conditioning(ABC):
+    """Time-indexed conditioning of a batch of streams (prompt segments, per-frame actions).
+
+    The backbone creates it (``Backbone.encode_conditioning``) and slices it per block itself;
+    the engine only reads ``switch_frames``: frame ids where it changes in a way that requires the
+    window to be recached (a new prompt). Per-frame signals such as actions have none.
+    """
+
+    switch_frames: tuple[int, ...] = ()
+
+
+class Backbone(ABC):
+    """An autoregressive, block-causal video generator attending to an engine-owned context."""
+
+    spec: BackboneSpec
+
+    @abstractmethod
+    def encode_conditioning(self, items: list[Any], num_frames: int) -> Conditioning:
+        """Turn one raw conditioning per stream (from the config) into a batched Conditioning."""
+
+    @abstractmethod
+    def timesteps(self) -> Tensor:
+        """Denoising timesteps of one block, descending (e.g. warped [1000, 750, 500, 250])."""
+
+    @abstractmethod
+    def sampler_step(self, x: Tensor, prediction: Tensor, t: Tensor, t_next: Tensor,
+                     noise: Tensor) -> Tensor:
+        """Move ``x`` at ``t`` to ``t_next`` (0 = clean) given ``denoise``'s prediction.
+
+        ``noise`` (shaped like ``x``) comes from the engine's generator; a deterministic sampler
+        ignores it.
+        """
+
+    @abstractmethod
+    def prepare(self, context: Context) -> Any:
+        """Once per block: apply positions (RoPE) to the planned K, lay the context out."""
+
+    @abstractmethod
+    def denoise(self, x: Tensor, t: Tensor, cond: Conditioning, prepared: Any) -> Tensor:
+        """One pass over a noisy block ``x`` [B, Fb, C, H, W] at timestep ``t`` [B]."""
+
+    @abstractmethod
+    def recache(self, clean: Tensor, cond: Conditioning, prepared: Any) -> Tensor:
+        """K/V ``[L, 2, B, F, N, Hh, Dh]`` of clean frames [B, F, C, H, W] (t = 0) in context."""
+
+    def encode(self, pixels: Tensor) -> Tensor:
+        """Pixels [B, F, 3, h, w] in [-1, 1] -> latents [B, F, C, H, W] (default: identity)."""
+        return pixels
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents [B, F, C, H, W] -> pixels [B, F, 3, h, w] in [-1, 1] (default: identity)."""
+        return latents
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Backbone":
+        """Move weights; backbones holding nn.Modules override this."""
+        return self
+
+
+class Embedder(ABC):
+    """Clean latent frames -> retrieval descriptors."""
+
+    @abstractmethod
+    def embed(self, latents: Tensor) -> Tensor:
+        """[N, C, H, W] -> [N, D] descriptors (float)."""
+
+    def to(self, device: torch.device | str) -> "Embedder":
+        return self
+
+
+class SearchResult(NamedTuple):
+    ids: Tensor  # [S, k] long, -1 padded
+    scores: Tensor  # [S, k] float, -inf padded, sorted descending
+    counts: Tensor  # [S] long: number of real results per stream
+
+
+class Retriever(ABC):
+    """Top-K search over the descriptors of each stream's frames; one instance per batch.
+
+    Frames of a stream are numbered 0, 1, 2, ... in generation order; ``eligible[s, f]`` says
+    whether frame ``f`` of stream ``s`` may be returned (computed by the engine). A zero or
+    non-finite descriptor is an error.
+    """
+
+    @abstractmethod
+    def add(self, stream: int, frame_ids: Tensor, descriptors: Tensor) -> None:
+        """Index ``descriptors`` [n, D] of ``stream`` under ``frame_ids`` [n]."""
+
+    @abstractmethod
+    def search(self, queries: Tensor, k: int, eligible: Tensor) -> SearchResult:
+        """Best ``k`` eligible frames per stream for ``queries`` [S, D]; ``eligible`` [S, F]."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget every stream."""
+
+    @abstractmethod
+    def state_dict(self) -> dict:
+        """Everything needed to restore the index."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from ``state_dict``."""
+
+
+@dataclass
+class LossInputs:
+    embeddings: Tensor  # [B, S, D]
+    latents: Tensor | None = None  # [B, S, C, H, W]
+    reconstruction: Tensor | None = None  # [B, S, C, H, W]
+
+
+class Loss(ABC):
+    """An embedder training objective; the trainer multiplies it by its configured weight."""
+
+    weight: float = 1.0
+
+    @abstractmethod
+    def __call__(self, inputs: LossInputs) -> Tensor:
+        """Unweighted scalar loss."""
+
+
+INTERFACES = {"backbone": Backbone, "retriever": Retriever, "embedder": Embedder, "loss": Loss}
