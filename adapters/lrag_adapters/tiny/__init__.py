@@ -1,0 +1,1 @@
+"""Tiny causal video transformer: the built-in default backbone."""

@@ -1,0 +1,136 @@
+"""The tiny default backbone behind the Backbone contract: actions as per-frame conditioning,
+flow matching with a few-step sampler, pixels as latents (encode/decode are the identity)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from lrag_framework.interfaces import Backbone, BackboneSpec, Conditioning, Context
+
+from .model import TinyConfig, TinyDiT, apply_rope
+from .params import TinyParams
+
+
+@dataclass
+class ActionConditioning(Conditioning):
+    """Per-frame action vectors of every stream: [B, T, A]."""
+
+    actions: Tensor
+
+    def window(self, start: int, stop: int) -> Tensor:
+        return self.actions[:, start:stop]
+
+
+@dataclass
+class Prepared:
+    ctx: list[tuple[Tensor, Tensor]] | None  # per layer (K roped, V) [B, Hh, M, Dh]
+    mask: Tensor | None  # [B, 1, 1, M + Fb * N] bool, None when every key is valid
+    block_start: int
+    block_positions: Tensor  # [B, Fb]
+
+
+class TinyBackbone(Backbone):
+    def __init__(self, params: TinyParams):
+        self.params = params
+        self.cfg = TinyConfig(channels=params.channels, height=params.height, width=params.width,
+                              patch=params.patch, dim=params.dim, layers=params.layers,
+                              heads=params.heads, action_dim=params.action_dim)
+        torch.manual_seed(params.init_seed)
+        self.model = TinyDiT(self.cfg).eval().requires_grad_(False)
+        if params.weights:
+            load_weights(self.model, params.weights)
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.spec = BackboneSpec(
+            latent_shape=(params.channels, params.height, params.width),
+            tokens_per_frame=self.cfg.tokens_per_frame, frames_per_block=params.frames_per_block,
+            num_layers=params.layers, num_heads=params.heads, head_dim=self.cfg.head_dim,
+            kv_dtype=self.dtype, window=params.window, sink=params.sink)
+
+    def to(self, device, dtype=None):
+        self.device = torch.device(device)
+        self.dtype = dtype or self.dtype
+        self.model.to(self.device, self.dtype)
+        self.spec = BackboneSpec(**{**self.spec.__dict__, "kv_dtype": self.dtype})
+        return self
+
+    def encode_conditioning(self, items: list[Any], num_frames: int) -> ActionConditioning:
+        """Each item: None (no motion), an array-like [T, A], or a path to a .npy file."""
+        rows = [self._actions(item, num_frames) for item in items]
+        return ActionConditioning(torch.stack(rows).to(self.device, self.dtype))
+
+    def _actions(self, item: Any, num_frames: int) -> Tensor:
+        a = self.cfg.action_dim
+        if item is None:
+            return torch.zeros(num_frames, a)
+        if isinstance(item, (str, Path)):
+            item = np.load(item)
+        actions = torch.as_tensor(np.asarray(item, dtype=np.float32))
+        if actions.ndim != 2 or actions.shape[1] != a or actions.shape[0] < num_frames:
+            raise ValueError(f"tiny backbone: actions must be [T >= {num_frames}, {a}], "
+                             f"got {list(actions.shape)}")
+        return actions[:num_frames]
+
+    def timesteps(self) -> Tensor:
+        s = torch.tensor(self.params.steps, dtype=torch.float64)
+        shift = self.params.shift
+        return (shift * s / (1 + (shift - 1) * s) * 1000).float()
+
+    def sampler_step(self, x, prediction, t, t_next, noise):
+        sigma, sigma_next = t / 1000, t_next / 1000
+        if self.params.sampler == "euler":
+            return x + (sigma_next - sigma) * prediction
+        x0 = x - sigma * prediction  # velocity v = noise - x0
+        return (1 - sigma_next) * x0 + sigma_next * noise
+
+    def prepare(self, context: Context) -> Prepared:
+        b, n = context.valid.shape[0], self.cfg.tokens_per_frame
+        fb = context.block_positions.shape[1]
+        ctx = None
+        mask = None
+        if context.frame_ids.shape[1]:
+            kv = context.kv.to(self.device, self.dtype)
+            cos, sin = self.model.rope(context.positions.to(self.device))
+            k = rearrange(apply_rope(kv[:, 0], cos, sin), "l b f n h d -> l b h (f n) d")
+            v = rearrange(kv[:, 1], "l b f n h d -> l b h (f n) d")
+            ctx = list(zip(k.unbind(0), v.unbind(0)))
+            if not bool(context.valid.all()):
+                keys = torch.cat((context.valid.repeat_interleave(n, dim=1),
+                                  torch.ones(b, fb * n, dtype=torch.bool)), dim=1)
+                mask = keys[:, None, None].to(self.device)
+        return Prepared(ctx, mask, context.block_start, context.block_positions.to(self.device))
+
+    def _forward(self, x: Tensor, t: Tensor, cond: ActionConditioning, prepared: Prepared,
+                 return_kv: bool) -> Tensor:
+        f = x.shape[1]
+        actions = cond.window(prepared.block_start, prepared.block_start + f)
+        t_frames = t.to(self.device, self.dtype)[:, None].expand(-1, f)
+        return self.model(x.to(self.device, self.dtype), t_frames, actions,
+                          prepared.block_positions, prepared.ctx, prepared.mask, return_kv)
+
+    @torch.no_grad()
+    def denoise(self, x, t, cond, prepared):
+        return self._forward(x, t, cond, prepared, return_kv=False)
+
+    @torch.no_grad()
+    def recache(self, clean, cond, prepared):
+        t = torch.zeros(clean.shape[0], device=self.device)
+        return self._forward(clean, t, cond, prepared, return_kv=True)
+
+
+def load_weights(model: TinyDiT, path: str) -> None:
+    """Load TinyDiT weights from safetensors, reporting missing and unexpected keys."""
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"tiny backbone: weights file {path} not found")
+    state = load_file(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"tiny backbone: {path} does not match the model: missing keys "
+                         f"{missing}, unexpected keys {unexpected}")

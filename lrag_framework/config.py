@@ -1,0 +1,203 @@
+"""Run configuration: pydantic models, file loading, ``--set`` overrides, validate-all.
+
+Plugin sections are ``{name, params}``; the registry resolves ``name`` and the plugin's own params
+model validates ``params``. ``validate`` collects every error (schema, unknown names, plugin
+params) into one ``ConfigError`` before anything is built.
+"""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PLUGIN_SECTIONS = ("backbone", "embedder", "retriever")  # section name == plugin kind
+
+
+class ConfigError(ValueError):
+    """One or more configuration errors, all reported at once."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("invalid config:\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentConfig(Strict):
+    """A plugin section: the registered name (or ``distribution:name``) and its params."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class RetrievalConfig(Strict):
+    enabled: bool = True
+    k: int = Field(6, ge=0, description="retrieval budget K (frames per block)")
+    recency: int = Field(5, ge=0, description="recency guard R: most recently evicted frames "
+                         "that may not be retrieved")
+    placement: Literal["reference", "fill", "extend"] = Field(
+        "fill", description="reference: public code (local part fixed by K); fill: local frames "
+        "take the slots retrieval leaves empty; extend: retrieved frames on top of the window")
+    retrieved_position: Literal["zero", "before_local"] = Field(
+        "zero", description="temporal RoPE position of retrieved frames: 0 (public) or the slots "
+        "just before the local frames")
+    query: Literal["last_frame", "block_mean"] = "last_frame"
+
+
+class GenerationConfig(Strict):
+    num_frames: int = Field(48, ge=1, description="latent frames per video, prefix included")
+    frames_per_block: int | None = Field(None, ge=1, description="default: backbone preset")
+    window: int | None = Field(None, ge=1, description="attention window in frames incl. sink "
+                               "and the current block; default: backbone preset")
+    sink: int | None = Field(None, ge=0, description="default: backbone preset")
+    seed: int = 0
+    batch_size: int = Field(4, ge=1, description="streams generated together")
+
+
+class PrefixConfig(Strict):
+    """Given start frames: a safetensors file with ``latents`` [F, C, H, W] or [S, F, C, H, W]
+    (``kind: latents``) or ``pixels`` [F, 3, h, w] in [-1, 1] encoded by the backbone."""
+
+    path: str
+    kind: Literal["latents", "pixels"] = "latents"
+
+
+class MemoryConfig(Strict):
+    budget_gb: float = Field(16.0, gt=0, description="history K/V byte budget (all streams)")
+    policy: Literal["error", "drop_oldest"] = Field(
+        "error", description="when history exceeds the budget: stop before running, or drop the "
+        "K/V of the oldest evicted frames (they stay indexed but become ineligible)")
+
+
+class OutputConfig(Strict):
+    root: str = "runs"
+    name: str | None = Field(None, description="run directory name; default: timestamp + name")
+    video: bool = True
+    fps: int = Field(8, ge=1)
+    video_scale: int = Field(4, ge=1, description="nearest-neighbour upscale of small frames")
+    save_latents: bool = True
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    backbone: ComponentConfig = ComponentConfig(name="tiny")
+    embedder: ComponentConfig = ComponentConfig(name="avg_pool")
+    retriever: ComponentConfig = ComponentConfig(name="exact")
+    retrieval: RetrievalConfig = RetrievalConfig()
+    generation: GenerationConfig = GenerationConfig()
+    conditionings: list[Any] = Field(default_factory=lambda: [None], min_length=1,
+                                     description="one raw conditioning per video (prompt "
+                                     "embedding, actions, ...) as the backbone reads it")
+    samples_per_conditioning: int = Field(1, ge=1)
+    prefix: PrefixConfig | None = None
+    memory: MemoryConfig = MemoryConfig()
+    output: OutputConfig = OutputConfig()
+    compare: bool = Field(False, description="also run native (no retrieval) on the same noise")
+    device: str = Field("auto", description="auto: cuda when available, else cpu")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    disable_plugins: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_device(self):
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        return self
+
+
+def default_config_dict() -> dict:
+    """The built-in default run config (a data file resolved through the registry)."""
+    text = resources.files("lrag_framework").joinpath("defaults/default.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def read_config(source: str | Path | dict | BaseModel | None) -> dict:
+    """A config as a plain dict from a path (YAML/JSON), a dict, a model, or None (default)."""
+    if source is None:
+        return default_config_dict()
+    if isinstance(source, BaseModel):
+        return source.model_dump(mode="json")
+    if isinstance(source, dict):
+        return dict(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError([f"config file {path} not found"])
+    try:
+        data = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ConfigError([f"{path}: cannot parse: {err}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: top level must be a mapping, got {type(data).__name__}"])
+    return data
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict copy."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError([f"--set {item!r}: expected KEY=VALUE"])
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"--set {item!r}: {part} is not a section"])
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def _format(err: ValidationError, prefix: str = "") -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        out.append(f"{loc or '<root>'}: {e['msg']}")
+    return out
+
+
+def validate(data: dict) -> RunConfig:
+    """Validate a config dict fully (schema, plugin names, plugin params); raise one ConfigError."""
+    from .plugins import PluginError, load_plugins
+
+    errors: list[str] = []
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as err:
+        errors += _format(err)
+        cfg = None
+    registry = load_plugins(disabled=tuple(data.get("disable_plugins") or ()))
+    for section in PLUGIN_SECTIONS:
+        comp = data.get(section, RunConfig.model_fields[section].default)
+        comp = comp.model_dump() if isinstance(comp, BaseModel) else comp
+        if not isinstance(comp, dict) or not isinstance(comp.get("name"), str):
+            continue  # already reported by the schema
+        try:
+            registry.params(section, comp["name"], comp.get("params") or {})
+        except PluginError as err:
+            errors.append(f"{section}.name: {err}")
+        except ValidationError as err:
+            errors += _format(err, f"{section}.params")
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def load_config(source=None, overrides: list[str] = ()) -> RunConfig:
+    return validate(apply_overrides(read_config(source), list(overrides)))
+
+
+def validate_cli(path: str, overrides: list[str]) -> int:
+    try:
+        cfg = load_config(path, overrides)
+    except ConfigError as err:
+        print(err)
+        return 1
+    print(f"{path}: ok ({cfg.backbone.name}, {len(cfg.conditionings)} conditionings, "
+          f"{cfg.generation.num_frames} frames)")
+    return 0

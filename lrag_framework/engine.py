@@ -1,0 +1,185 @@
+"""The block loop: plan context -> denoising steps -> recache -> embed -> index -> evict.
+
+The engine owns every random draw (one generator per stream, drawn in a fixed order whether or not
+retrieval runs, so native and retrieval runs see identical noise), the history memory and the
+context plan; a backbone only prepares the planned context, denoises and returns K/V.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .interfaces import Backbone, Conditioning, Context, Embedder, Retriever
+from .memory import KVMemory
+from .plan import Geometry, plan_block
+
+
+def stream_generator(seed: int, stream: int) -> torch.Generator:
+    """The noise generator of one stream, seeded from (seed, stream) without collisions."""
+    state = np.random.SeedSequence([seed, stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+@dataclass
+class EngineOptions:
+    geometry: Geometry
+    retrieval: bool = True
+    query: str = "last_frame"
+    budget_bytes: float = 16 * 2 ** 30
+    policy: str = "error"
+
+
+@dataclass
+class Generation:
+    latents: Tensor  # [B, T, C, H, W] float32 on CPU
+    log: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(self, backbone: Backbone, embedder: Embedder | None,
+                 retriever: Retriever | None, options: EngineOptions,
+                 device: torch.device | str = "cpu"):
+        self.backbone, self.embedder, self.retriever = backbone, embedder, retriever
+        self.opt, self.g = options, options.geometry
+        self.device = torch.device(device)
+        errors = self.g.check()
+        if errors:
+            raise ValueError("; ".join(errors))
+        if options.retrieval and (embedder is None or retriever is None):
+            raise ValueError("retrieval needs an embedder and a retriever")
+
+    @property
+    def retrieving(self) -> bool:
+        return self.opt.retrieval and self.g.k > 0
+
+    def generate(self, cond: Conditioning, generators: list[torch.Generator], num_frames: int,
+                 prefix: Tensor | None = None, initial_noise: Tensor | None = None,
+                 on_block: Callable[[int], None] | None = None) -> Generation:
+        """Generate ``num_frames`` latent frames for ``len(generators)`` streams.
+
+        ``prefix`` [B, P, C, H, W]: given clean frames that enter cache and history through the
+        recache pass as if generated. ``initial_noise`` [B, T, C, H, W] replaces the drawn initial
+        noise of each block (the per-step sampler noise is still drawn).
+        """
+        spec, g = self.backbone.spec, self.g
+        b, shape = len(generators), spec.latent_shape
+        n_prefix = 0 if prefix is None else prefix.shape[1]
+        if n_prefix > num_frames:
+            raise ValueError(f"prefix of {n_prefix} frames is longer than num_frames {num_frames}")
+        memory = KVMemory(spec, b, num_frames, g.window + g.block, self.opt.budget_bytes,
+                          self.opt.policy, self.device)
+        out = torch.zeros((b, num_frames, *shape), device=self.device)
+        ts = self.backbone.timesteps()
+        switches = set(cond.switch_frames)
+        if self.retrieving:
+            self.retriever.reset()
+        query, log = None, []
+        clock = {"denoise": 0.0, "recache": 0.0, "retrieval": 0.0, "plan_gather": 0.0}
+        start = 0
+        while start < num_frames:
+            size = min(g.block, (n_prefix - start) if start < n_prefix else num_frames - start)
+            if start in switches and start > 0:
+                self._recache_window(out, cond, memory, start, size)
+            t0 = time.perf_counter()
+            retrieved, entry = self._retrieve(query, memory, start, size, b)
+            t1 = time.perf_counter()
+            prepared = self._prepare(memory, start, size, retrieved)
+            t2 = time.perf_counter()
+            if start < n_prefix:
+                clean = prefix[:, start:start + size].to(self.device, torch.float32)
+            else:
+                init = None if initial_noise is None else initial_noise[:, start:start + size]
+                clean = self._denoise(cond, prepared, generators, ts, size, init)
+            t3 = time.perf_counter()
+            kv = self.backbone.recache(clean, cond, prepared)
+            memory.write(start, kv, droppable_below=g.first_cached(start + size, g.block),
+                         keep=g.sink)
+            out[:, start:start + size] = clean.float()
+            t4 = time.perf_counter()
+            if self.retrieving:
+                query = self._index(clean, start)
+            t5 = time.perf_counter()
+            clock["retrieval"] += (t1 - t0) + (t5 - t4)
+            clock["plan_gather"] += t2 - t1
+            clock["denoise"] += t3 - t2
+            clock["recache"] += t4 - t3
+            if entry is not None:
+                log.append(entry)
+            start += size
+            if on_block:
+                on_block(start)
+        mem = {"kv_pool_bytes": memory.bytes, "kv_frame_bytes": memory.frame_bytes,
+               "kv_capacity_frames": memory.capacity, "kv_dropped_frames": memory.dropped}
+        return Generation(out.cpu(), log, clock, mem)
+
+    def _retrieve(self, query: Tensor | None, memory: KVMemory, start: int, size: int,
+                  b: int) -> tuple[list[list[int]], dict | None]:
+        if not self.retrieving or query is None:
+            return [[] for _ in range(b)], None
+        eligible = self.g.eligible(start, size, memory.has_kv())
+        entry = {"block_start": start, "query_frame": start - 1,
+                 "eligible": int(eligible.sum()), "ids": [[] for _ in range(b)],
+                 "scores": [[] for _ in range(b)]}
+        if entry["eligible"] == 0:
+            return entry["ids"], entry
+        mask = eligible.to(query.device).expand(b, -1)
+        result = self.retriever.search(query, self.g.k, mask)
+        ids, scores, counts = result.ids.cpu(), result.scores.float().cpu(), result.counts.cpu()
+        for s in range(b):
+            n = int(counts[s])
+            entry["ids"][s] = ids[s, :n].tolist()
+            entry["scores"][s] = [round(v, 6) for v in scores[s, :n].tolist()]
+        return entry["ids"], entry
+
+    def _prepare(self, memory: KVMemory, start: int, size: int, retrieved: list[list[int]]):
+        plan = plan_block(self.g, start, size, retrieved)
+        ctx = Context(kv=memory.gather(plan.frame_ids), frame_ids=plan.frame_ids,
+                      positions=plan.positions, roles=plan.roles, valid=plan.valid,
+                      block_start=start, block_positions=plan.block_positions)
+        return self.backbone.prepare(ctx)
+
+    def _denoise(self, cond, prepared, generators, ts, size, init):
+        shape = (size, *self.backbone.spec.latent_shape)
+        drawn = torch.stack([torch.randn(shape, generator=gen) for gen in generators])
+        x = (drawn if init is None else init).to(self.device)
+        b = x.shape[0]
+        for i, t in enumerate(ts):  # one sampler noise per step, drawn whether used or not
+            pred = self.backbone.denoise(x, t.expand(b), cond, prepared)
+            t_next = ts[i + 1] if i + 1 < len(ts) else torch.zeros_like(t)
+            noise = torch.stack([torch.randn(shape, generator=gen) for gen in generators])
+            noise = noise.to(self.device)
+            x = self.backbone.sampler_step(x, pred, t, t_next, noise)
+        return x
+
+    def _index(self, clean: Tensor, start: int) -> Tensor:
+        """Embed and index the new frames; returns the next query [B, D]."""
+        b, f = clean.shape[:2]
+        desc = self.embedder.embed(clean.flatten(0, 1).float()).view(b, f, -1)
+        ids = torch.arange(start, start + f)
+        for s in range(b):
+            self.retriever.add(s, ids, desc[s])
+        if self.opt.query == "block_mean":
+            return desc.mean(dim=1)
+        return desc[:, -1]
+
+    def _recache_window(self, out: Tensor, cond: Conditioning, memory: KVMemory, start: int,
+                        size: int) -> None:
+        """Conditioning switch at ``start``: recompute the K/V of the sink and cached frames."""
+        g = self.g
+        b = out.shape[0]
+        chunks = [(0, min(g.sink, start))] if g.sink else []
+        first = g.first_cached(start, size)
+        chunks += [(s, min(g.block, start - s)) for s in range(first, start, g.block)]
+        for s, n in chunks:
+            if n <= 0:
+                continue
+            prepared = self._prepare(memory, s, n, [[] for _ in range(b)])
+            kv = self.backbone.recache(out[:, s:s + n], cond, prepared)
+            memory.write(s, kv, droppable_below=0, keep=0)

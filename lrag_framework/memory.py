@@ -1,0 +1,97 @@
+"""History K/V memory: every frame's K/V written once (at its recache pass) into a preallocated
+pool, gathered once per block for the planned context, under a byte budget.
+
+Layout: ``pool [L, 2, B, capacity, N, Hh, Dh]``; ``slot_of[frame]`` maps a frame id (shared by the
+streams of a batch, which advance in lockstep) to its pool slot, -1 when its K/V is not held.
+When history outgrows the budget the ``drop_oldest`` policy frees the slots of the oldest evicted
+frames (they stay indexed by the retriever but become ineligible); ``error`` refuses to start.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .interfaces import BackboneSpec
+
+
+class MemoryBudgetError(RuntimeError):
+    pass
+
+
+def frame_bytes(spec: BackboneSpec, streams: int) -> int:
+    """Bytes of one frame's K/V over all layers and streams."""
+    per = spec.num_layers * 2 * spec.tokens_per_frame * spec.num_heads * spec.head_dim
+    return per * streams * torch.empty((), dtype=spec.kv_dtype).element_size()
+
+
+class KVMemory:
+    def __init__(self, spec: BackboneSpec, streams: int, total_frames: int, min_frames: int,
+                 budget_bytes: float, policy: str, device: torch.device):
+        self.frame_bytes = frame_bytes(spec, streams)
+        need = total_frames * self.frame_bytes
+        capacity = min(total_frames, int(budget_bytes // self.frame_bytes))
+        gib = 2 ** 30
+        if need > budget_bytes and (policy == "error" or capacity < min_frames):
+            hint = ("raise memory.budget_gb or set memory.policy=drop_oldest"
+                    if policy == "error" else "raise memory.budget_gb")
+            raise MemoryBudgetError(
+                f"history K/V of {total_frames} frames x {streams} streams needs "
+                f"{need / gib:.2f} GiB ({self.frame_bytes / 2**20:.1f} MiB per frame), over the "
+                f"budget of {budget_bytes / gib:.2f} GiB (policy {policy}, at least {min_frames} "
+                f"frames must fit): {hint}")
+        self.capacity = capacity
+        shape = (spec.num_layers, 2, streams, capacity, spec.tokens_per_frame, spec.num_heads,
+                 spec.head_dim)
+        self.pool = torch.zeros(shape, dtype=spec.kv_dtype, device=device)
+        self.slot_of = torch.full((total_frames,), -1, dtype=torch.long)
+        self.owner = torch.full((capacity,), -1, dtype=torch.long)  # frame held by each slot
+        self.dropped = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.capacity * self.frame_bytes
+
+    def has_kv(self) -> Tensor:
+        return self.slot_of >= 0
+
+    def _allocate(self, frames: Tensor, droppable_below: int, keep: int) -> Tensor:
+        slots = self.slot_of[frames].clone()
+        missing = slots < 0
+        free = (self.owner < 0).nonzero().flatten()
+        need = int(missing.sum())
+        if len(free) < need:
+            held = self.owner[self.owner >= 0]
+            victims = held[(held < droppable_below) & (held >= keep)].sort().values
+            victims = victims[:need - len(free)]
+            if len(free) + len(victims) < need:
+                raise MemoryBudgetError("history K/V pool full and nothing evicted to drop: "
+                                        "raise memory.budget_gb")
+            self.owner[self.slot_of[victims]] = -1
+            self.slot_of[victims] = -1
+            self.dropped += len(victims)
+            free = (self.owner < 0).nonzero().flatten()
+        slots[missing] = free[:need]
+        self.slot_of[frames] = slots
+        self.owner[slots] = frames
+        return slots
+
+    def write(self, start: int, kv: Tensor, droppable_below: int, keep: int) -> None:
+        """Store K/V ``[L, 2, B, F, N, Hh, Dh]`` of frames [start, start+F) (overwrites if held).
+
+        Frames in [keep, droppable_below) may be dropped to make room (sink and window are not).
+        """
+        frames = torch.arange(start, start + kv.shape[3])
+        slots = self._allocate(frames, droppable_below, keep)
+        self.pool[:, :, :, slots.to(self.pool.device)] = kv.to(self.pool.device, self.pool.dtype)
+
+    def gather(self, frame_ids: Tensor) -> Tensor:
+        """K/V of planned frames ``[B, F]`` -> [L, 2, B, F, N, Hh, Dh]; padding (-1) reads slot 0,
+        which is finite (the pool starts zeroed) and masked out by ``Context.valid``."""
+        l, two, b, cap = self.pool.shape[:4]
+        slots = torch.where(frame_ids >= 0, self.slot_of[frame_ids.clamp(min=0)], 0)
+        if bool((slots < 0).any()):
+            raise RuntimeError("planned a frame whose K/V is not held (engine bug)")
+        flat = (torch.arange(b)[:, None] * cap + slots).flatten().to(self.pool.device)
+        pool = self.pool.view(l, two, b * cap, *self.pool.shape[4:])
+        out = pool.index_select(2, flat).view(l, two, b, frame_ids.shape[1], *self.pool.shape[4:])
+        return out

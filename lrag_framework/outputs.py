@@ -1,0 +1,99 @@
+"""Run outputs, written atomically: a file appears under its final name only once complete.
+
+Videos are h264 mp4 through imageio-ffmpeg (its bundled ffmpeg binary), or PyAV when installed
+and imageio-ffmpeg is not.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")  # keeps the suffix for ffmpeg
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict | None = None):
+    from safetensors.torch import save_file
+
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+def to_uint8_frames(pixels: Tensor, scale: int = 1) -> np.ndarray:
+    """Pixels [T, 3, h, w] in [-1, 1] -> uint8 [T, h*scale, w*scale, 3] (even sizes for h264)."""
+    x = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    if scale > 1:
+        x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    x = x[:, :, : x.shape[2] // 2 * 2, : x.shape[3] // 2 * 2]
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
+    """uint8 frames [T, H, W, 3] -> h264 mp4 (yuv420p, playable everywhere)."""
+    with atomic_path(path) as tmp:
+        _write_imageio(tmp, frames, fps)
+
+
+def _write_imageio(path: Path, frames: np.ndarray, fps: int) -> None:
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return _write_pyav(path, frames, fps)
+    t, h, w, _ = frames.shape
+    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264",
+                                         pix_fmt_out="yuv420p", macro_block_size=2,
+                                         ffmpeg_log_level="error")
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+
+
+def _write_pyav(path: Path, frames: np.ndarray, fps: int) -> None:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+
+
+def side_by_side(*videos: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Concatenate uint8 videos [T, H, W, 3] horizontally with a white gap (T: the shortest)."""
+    t = min(v.shape[0] for v in videos)
+    h = max(v.shape[1] for v in videos)
+    parts = []
+    for i, v in enumerate(videos):
+        if i:
+            parts.append(np.full((t, h, gap, 3), 255, np.uint8))
+        parts.append(np.pad(v[:t], ((0, 0), (0, h - v.shape[1]), (0, 0), (0, 0))))
+    return np.concatenate(parts, axis=2)

@@ -1,0 +1,106 @@
+"""Context planning: which frames sit in ``[sink | retrieved | local]`` and at which positions.
+
+Terms follow the public LongLive-RAG code. ``window`` = frames in the attention set including the
+sink and the current block; the rolling cache holds the sink plus the ``window - sink`` most recent
+frames (current block included). A non-sink frame that has left that cache is *evicted*; evicted
+frames other than the ``recency`` most recently evicted are *eligible* for retrieval.
+
+Placement of the local part (current block included) per stream with ``n`` retrieved frames:
+``reference`` ``window - sink - k`` frames whatever ``n`` is (the public code); ``fill``
+``window - sink - n``; ``extend`` ``window - sink`` (retrieved frames come on top).
+
+Positions are cache slots: frame ``f`` sits at ``f`` until the cache rolls, then the block takes the
+last slots (``window - Fb .. window - 1``); sink frames keep ``0 .. sink - 1``. Retrieved frames
+get 0 (``zero``, public) or the slots just before the first local frame (``before_local``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .interfaces import ROLE_LOCAL, ROLE_RETRIEVED, ROLE_SINK
+
+
+@dataclass(frozen=True)
+class Geometry:
+    block: int
+    window: int
+    sink: int
+    k: int = 0
+    recency: int = 0
+    placement: str = "fill"
+    retrieved_position: str = "zero"
+
+    def check(self) -> list[str]:
+        """Errors of this geometry, as config messages."""
+        errors = []
+        local = self.window - self.sink - (self.k if self.placement == "reference" else 0)
+        if local < self.block:
+            what = "window - sink - k" if self.placement == "reference" else "window - sink"
+            errors.append(f"generation: {what} = {local} leaves no room for a block of "
+                          f"{self.block} frames (window {self.window}, sink {self.sink}, k {self.k},"
+                          f" placement {self.placement})")
+        return errors
+
+    @property
+    def cache(self) -> int:
+        return self.window - self.sink
+
+    def first_cached(self, start: int, size: int) -> int:
+        """Oldest non-sink frame still in the rolling cache while generating [start, start+size)."""
+        return max(self.sink, start + size - self.cache)
+
+    def eligible(self, start: int, size: int, has_kv: Tensor) -> Tensor:
+        """Frames [0, start) retrievable before block [start, start+size): bool [start]."""
+        ids = torch.arange(start)
+        limit = self.first_cached(start, size) - self.recency
+        return (ids >= self.sink) & (ids < limit) & has_kv[:start]
+
+    def slot(self, frame: int, start: int, size: int) -> int:
+        return frame if frame < self.sink else frame - max(0, start + size - self.window)
+
+
+@dataclass
+class Plan:
+    frame_ids: Tensor  # [B, F] long, -1 = padding
+    positions: Tensor  # [B, F]
+    roles: Tensor  # [B, F]
+    valid: Tensor  # [B, F] bool
+    block_positions: Tensor  # [B, size]
+
+
+def plan_block(g: Geometry, start: int, size: int, retrieved: list[list[int]]) -> Plan:
+    """Plan the context of block [start, start+size) for streams that retrieved ``retrieved``."""
+    rows = []
+    for ids in retrieved:
+        ids = sorted(ids)
+        if g.placement == "reference":
+            n_local = g.cache - g.k - size
+        elif g.placement == "fill":
+            n_local = g.cache - len(ids) - size
+        else:
+            n_local = g.cache - size
+        sink = list(range(min(g.sink, start)))
+        local = list(range(max(g.sink, start - n_local), start))
+        first_local = g.slot(local[0] if local else start, start, size)
+        if g.retrieved_position == "zero":
+            ret_pos = [0] * len(ids)
+        else:
+            ret_pos = [first_local - len(ids) + j for j in range(len(ids))]
+        frames = sink + ids + local
+        positions = sink + ret_pos + [g.slot(f, start, size) for f in local]
+        roles = [ROLE_SINK] * len(sink) + [ROLE_RETRIEVED] * len(ids) + [ROLE_LOCAL] * len(local)
+        rows.append((frames, positions, roles))
+    width = max(len(r[0]) for r in rows)
+    b = len(rows)
+    frame_ids = torch.full((b, width), -1, dtype=torch.long)
+    positions = torch.zeros((b, width), dtype=torch.long)
+    roles = torch.full((b, width), ROLE_LOCAL, dtype=torch.long)
+    for i, (frames, pos, role) in enumerate(rows):
+        frame_ids[i, :len(frames)] = torch.tensor(frames, dtype=torch.long)
+        positions[i, :len(pos)] = torch.tensor(pos, dtype=torch.long)
+        roles[i, :len(role)] = torch.tensor(role, dtype=torch.long)
+    block_pos = torch.tensor([g.slot(f, start, size) for f in range(start, start + size)])
+    return Plan(frame_ids, positions, roles, frame_ids >= 0, block_pos.expand(b, -1).clone())

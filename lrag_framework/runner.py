@@ -1,0 +1,258 @@
+"""``run(config)``: build typed components from the registry, generate in batches of streams,
+write the run directory (config, latents, videos, retrieval log, summary)."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import yaml
+from torch import Tensor
+
+from .config import ConfigError, RunConfig, apply_overrides, read_config, validate
+from .engine import Engine, EngineOptions, Generation, stream_generator
+from .outputs import side_by_side, to_uint8_frames, write_json, write_jsonl, write_mp4, \
+    write_tensors
+from .plan import Geometry
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    latents: dict[str, Tensor]  # mode ("retrieval" / "native") -> [S, T, C, H, W]
+    summary: dict
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class Components:
+    backbone: object
+    embedder: object
+    retriever: object
+    device: torch.device
+
+
+def resolve_device(cfg: RunConfig) -> tuple[torch.device, torch.dtype]:
+    cuda = torch.cuda.is_available()
+    device = torch.device(("cuda" if cuda else "cpu") if cfg.device == "auto" else cfg.device)
+    if device.type == "cuda" and not cuda:
+        raise ConfigError([f"device {cfg.device}: CUDA is not available on this machine"])
+    if cfg.dtype == "auto":
+        return device, torch.bfloat16 if device.type == "cuda" else torch.float32
+    return device, DTYPES[cfg.dtype]
+
+
+def build_components(cfg: RunConfig) -> Components:
+    from .plugins import load_plugins
+
+    registry = load_plugins(disabled=tuple(cfg.disable_plugins))
+    device, dtype = resolve_device(cfg)
+    backbone = registry.build("backbone", cfg.backbone.name, cfg.backbone.params).to(device, dtype)
+    embedder = registry.build("embedder", cfg.embedder.name, cfg.embedder.params).to(device)
+    retriever = registry.build("retriever", cfg.retriever.name, cfg.retriever.params)
+    return Components(backbone, embedder, retriever, device)
+
+
+def geometry(cfg: RunConfig, spec) -> Geometry:
+    gen, ret = cfg.generation, cfg.retrieval
+    return Geometry(block=gen.frames_per_block or spec.frames_per_block,
+                    window=gen.window or spec.window,
+                    sink=spec.sink if gen.sink is None else gen.sink,
+                    k=ret.k if ret.enabled else 0, recency=ret.recency, placement=ret.placement,
+                    retrieved_position=ret.retrieved_position)
+
+
+def streams_of(cfg: RunConfig) -> list[dict]:
+    n = cfg.samples_per_conditioning
+    return [{"stream": i * n + j, "conditioning": i, "sample": j, "seed": cfg.generation.seed}
+            for i in range(len(cfg.conditionings)) for j in range(n)]
+
+
+def load_prefix(cfg: RunConfig, backbone, num_streams: int) -> Tensor | None:
+    if cfg.prefix is None:
+        return None
+    from safetensors.torch import load_file
+
+    path = Path(cfg.prefix.path)
+    if not path.is_file():
+        raise ConfigError([f"prefix.path: {path} not found"])
+    tensors = load_file(str(path))
+    if cfg.prefix.kind not in tensors:
+        raise ConfigError([f"prefix.path: {path} has no tensor {cfg.prefix.kind!r} "
+                           f"(has {sorted(tensors)})"])
+    x = tensors[cfg.prefix.kind].float()
+    x = x[None].expand(num_streams, *x.shape) if x.ndim == 4 else x
+    if x.ndim != 5 or x.shape[0] != num_streams:
+        raise ConfigError([f"prefix: expected [F, ...] or [{num_streams}, F, ...], got "
+                           f"{list(x.shape)}"])
+    if cfg.prefix.kind == "pixels":
+        x = backbone.encode(x)
+    return x
+
+
+def generate(cfg: RunConfig, comps: Components, retrieval: bool, prefix: Tensor | None = None,
+             initial_noise: Tensor | None = None, progress: bool = False) -> Generation:
+    """Generate every stream of ``cfg`` (in batches), with or without retrieval."""
+    from tqdm import tqdm
+
+    spec = comps.backbone.spec
+    g = geometry(cfg, spec)
+    if not retrieval:
+        g = Geometry(**{**g.__dict__, "k": 0})
+    errors = g.check()
+    if errors:
+        raise ConfigError(errors)
+    engine = Engine(comps.backbone, comps.embedder, comps.retriever,
+                    EngineOptions(g, retrieval=retrieval, query=cfg.retrieval.query,
+                                  budget_bytes=cfg.memory.budget_gb * 2 ** 30,
+                                  policy=cfg.memory.policy), comps.device)
+    streams = streams_of(cfg)
+    if prefix is None:
+        prefix = load_prefix(cfg, comps.backbone, len(streams))
+    t_frames = cfg.generation.num_frames
+    bar = tqdm(total=t_frames * len(streams), unit="frame", disable=not progress,
+               desc="retrieval" if retrieval else "native", file=sys.stderr)
+    parts, logs, clock, memory = [], [], {}, {}
+    start = time.perf_counter()
+    for first in range(0, len(streams), cfg.generation.batch_size):
+        batch = streams[first:first + cfg.generation.batch_size]
+        items = [cfg.conditionings[s["conditioning"]] for s in batch]
+        cond = comps.backbone.encode_conditioning(items, t_frames)
+        gens = [stream_generator(s["seed"], s["stream"]) for s in batch]
+        sl = slice(first, first + len(batch))
+        done = [0]
+
+        def advance(frame, done=done, n=len(batch)):
+            bar.update((frame - done[0]) * n)
+            done[0] = frame
+
+        out = engine.generate(cond, gens, t_frames,
+                              prefix=None if prefix is None else prefix[sl],
+                              initial_noise=None if initial_noise is None else initial_noise[sl],
+                              on_block=advance)
+        parts.append(out.latents)
+        for entry in out.log:
+            entry["streams"] = [s["stream"] for s in batch]
+        logs += out.log
+        clock = {k: clock.get(k, 0.0) + v for k, v in out.timings.items()}
+        memory = out.memory
+    bar.close()
+    clock["total"] = time.perf_counter() - start
+    return Generation(torch.cat(parts), logs, clock, memory)
+
+
+def _run_dir(cfg: RunConfig) -> Path:
+    root = Path(cfg.output.root)
+    if cfg.output.name:
+        path = root / cfg.output.name
+        if path.exists():
+            raise FileExistsError(f"run directory {path} exists; runs are never overwritten: "
+                                  f"choose another output.name")
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path, i = root / f"{stamp}-{cfg.name}", 1
+        while path.exists():
+            path, i = root / f"{stamp}-{cfg.name}-{i}", i + 1
+    path.mkdir(parents=True)
+    return path
+
+
+def _summary(cfg, comps, g: Geometry, mode: str, gen: Generation) -> dict:
+    frames = gen.latents.shape[0] * gen.latents.shape[1]
+    eligible_ok = all(len(ids) <= entry["eligible"] for entry in gen.log for ids in entry["ids"])
+    return {"mode": mode, "streams": gen.latents.shape[0], "frames": gen.latents.shape[1],
+            "seconds": round(gen.timings["total"], 3),
+            "frames_per_second": round(frames / max(gen.timings["total"], 1e-9), 2),
+            "timings": {k: round(v, 4) for k, v in gen.timings.items()}, "memory": gen.memory,
+            "blocks_retrieved": sum(1 for e in gen.log if any(e["ids"])),
+            "mean_retrieved": (sum(len(i) for e in gen.log for i in e["ids"])
+                               / max(1, sum(len(e["ids"]) for e in gen.log))),
+            "log_within_eligible_counts": eligible_ok,
+            "geometry": {"block": g.block, "window": g.window, "sink": g.sink,
+                         "k": g.k if mode == "retrieval" else 0, "recency": g.recency,
+                         "placement": g.placement}}
+
+
+def _write_mode(run_dir: Path, cfg: RunConfig, comps: Components, mode: str, gen: Generation,
+                paths: dict) -> list[Tensor]:
+    d = run_dir / mode
+    d.mkdir()
+    meta = {"mode": mode, "streams": streams_of(cfg), "backbone": cfg.backbone.name}
+    if cfg.output.save_latents:
+        write_tensors(d / "latents.safetensors", {"latents": gen.latents}, meta)
+        paths[f"{mode}_latents"] = d / "latents.safetensors"
+    write_jsonl(d / "retrieval.jsonl", gen.log)
+    paths[f"{mode}_log"] = d / "retrieval.jsonl"
+    videos = []
+    if cfg.output.video:
+        with torch.no_grad():
+            for s in range(gen.latents.shape[0]):
+                pixels = comps.backbone.decode(gen.latents[s:s + 1].to(comps.device))[0]
+                frames = to_uint8_frames(pixels.cpu(), cfg.output.video_scale)
+                write_mp4(d / f"stream_{s:03d}.mp4", frames, cfg.output.fps)
+                videos.append(frames)
+        paths[f"{mode}_videos"] = d
+    return videos
+
+
+def run(config, overrides: list[str] = (), prefix: Tensor | None = None,
+        initial_noise: Tensor | None = None, progress: bool = False) -> RunResult:
+    """Run a config (model, dict, YAML/JSON path, or None for the built-in default)."""
+    cfg = validate(apply_overrides(read_config(config), list(overrides)))
+    comps = build_components(cfg)
+    g = geometry(cfg, comps.backbone.spec)
+    modes = (["native"] if cfg.compare else []) + (["retrieval"] if cfg.retrieval.enabled else [])
+    if not modes:
+        modes = ["native"]
+    run_dir = _run_dir(cfg)
+    with (run_dir / "config.yaml").open("w") as f:
+        yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
+    latents, summaries, paths, videos = {}, {}, {"run_dir": run_dir}, {}
+    for mode in modes:
+        gen = generate(cfg, comps, retrieval=mode == "retrieval", prefix=prefix,
+                       initial_noise=initial_noise, progress=progress)
+        latents[mode] = gen.latents
+        summaries[mode] = _summary(cfg, comps, g, mode, gen)
+        videos[mode] = _write_mode(run_dir, cfg, comps, mode, gen, paths)
+    if len(modes) == 2 and cfg.output.video:
+        for s, (a, b) in enumerate(zip(videos["native"], videos["retrieval"])):
+            write_mp4(run_dir / f"compare_{s:03d}.mp4", side_by_side(a, b), cfg.output.fps)
+        paths["compare_videos"] = run_dir
+    summary = {"name": cfg.name, "device": str(comps.device), "modes": summaries}
+    if len(modes) == 2:
+        summary["retrieval_over_native_time"] = round(
+            summaries["retrieval"]["seconds"] / max(summaries["native"]["seconds"], 1e-9), 3)
+        summary["max_abs_latent_difference"] = float(
+            (latents["retrieval"] - latents["native"]).abs().max())
+    write_json(run_dir / "summary.json", summary)
+    paths["summary"] = run_dir / "summary.json"
+    return RunResult(run_dir, latents, summary, paths)
+
+
+def format_summary(summary: dict) -> str:
+    rows = [("mode", "streams", "frames", "seconds", "frames/s", "blocks w/ retrieval")]
+    for mode, s in summary["modes"].items():
+        rows.append((mode, str(s["streams"]), str(s["frames"]), f"{s['seconds']:.2f}",
+                     f"{s['frames_per_second']:.1f}", str(s["blocks_retrieved"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    if "retrieval_over_native_time" in summary:
+        lines.append(f"retrieval / native time: {summary['retrieval_over_native_time']:.3f}")
+    return "\n".join(lines)
+
+
+def run_cli(path: str | None, overrides: list[str], compare: bool = False) -> int:
+    try:
+        extra = ["compare=true"] if compare else []
+        result = run(path, list(overrides) + extra, progress=True)
+    except (ConfigError, FileExistsError) as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(format_summary(result.summary))
+    print(f"run directory: {result.run_dir}")
+    return 0
