@@ -138,11 +138,13 @@ class Engine:
             entry["scores"][s] = [round(v, 6) for v in scores[s, :n].tolist()]
         return entry["ids"], entry
 
-    def _prepare(self, memory: KVMemory, start: int, size: int, retrieved: list[list[int]]):
+    def _prepare(self, memory: KVMemory, start: int, size: int, retrieved: list[list[int]],
+                 cond_frame: int | None = None):
         plan = plan_block(self.g, start, size, retrieved)
         ctx = Context(kv=memory.gather(plan.frame_ids), frame_ids=plan.frame_ids,
                       positions=plan.positions, roles=plan.roles, valid=plan.valid,
-                      block_start=start, block_positions=plan.block_positions)
+                      block_start=start, block_positions=plan.block_positions,
+                      cond_frame=cond_frame)
         return self.backbone.prepare(ctx)
 
     def _denoise(self, cond, prepared, generators, ts, size, init):
@@ -180,6 +182,6 @@ class Engine:
         for s, n in chunks:
             if n <= 0:
                 continue
-            prepared = self._prepare(memory, s, n, [[] for _ in range(b)])
+            prepared = self._prepare(memory, s, n, [[] for _ in range(b)], cond_frame=start)
             kv = self.backbone.recache(out[:, s:s + n], cond, prepared)
             memory.write(s, kv, droppable_below=0, keep=0)

@@ -49,6 +49,8 @@ class Context:
     valid: Tensor  # [B, F] bool
     block_start: int  # frame id of the block's first frame
     block_positions: Tensor  # [B, Fb] temporal positions of the block's frames
+    cond_frame: int | None = None  # frame whose conditioning applies (None: each frame's own);
+    # set when the engine recaches the window after a conditioning switch (a new prompt)
 
 
 class Conditioning(ABC):

@@ -171,3 +171,28 @@ def test_memory_budget(backbone):
     with pytest.raises(MemoryBudgetError):  # not even the window fits
         make_engine(backbone, budget_bytes=frame_bytes(per_frame, 2) * 5,
                     policy="drop_oldest").generate(cond, gens(), 30)
+
+
+def test_conditioning_switch_recaches_window_under_new_conditioning():
+    class Recording(TinyBackbone):
+        def __init__(self, params):
+            super().__init__(params)
+            self.recached = []
+
+        def prepare(self, context):
+            self.cond_frame, self.start = context.cond_frame, context.block_start
+            return super().prepare(context)
+
+        def recache(self, clean, cond, prepared):
+            self.recached.append((self.start, clean.shape[1], self.cond_frame))
+            return super().recache(clean, cond, prepared)
+
+    bb = Recording(SMALL)
+    cond = bb.encode_conditioning([None, None], 18)
+    cond.switch_frames = (12,)
+    out = make_engine(bb).generate(cond, gens(), 18)
+    # block [12, 15): sink 0 and the cached frames 7..11 are recached under frame 12's conditioning
+    switch = [r for r in bb.recached if r[2] == 12]
+    assert switch == [(0, 1, 12), (7, 3, 12), (10, 2, 12)]
+    assert [r[0] for r in bb.recached if r[2] is None] == [0, 3, 6, 9, 12, 15]
+    assert out.latents.shape[1] == 18

@@ -1,0 +1,56 @@
+"""Outputs are atomic: a failure never leaves a file under its final name."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lrag_framework.outputs import (atomic_path, side_by_side, to_uint8_frames, write_json,
+                                    write_mp4, write_tensors)
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    target = tmp_path / "summary.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"half": ')
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupt_keeps_previous_file(tmp_path):
+    target = tmp_path / "summary.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise KeyboardInterrupt
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_failed_video_encode_leaves_nothing(tmp_path):
+    with pytest.raises(Exception):
+        write_mp4(tmp_path / "v.mp4", np.zeros((2, 8, 8), np.uint8), fps=4)  # no channel axis
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mp4_is_playable_h264(tmp_path):
+    av = pytest.importorskip("av")
+    frames = to_uint8_frames(torch.rand(10, 3, 16, 16) * 2 - 1, scale=2)
+    write_mp4(tmp_path / "v.mp4", side_by_side(frames, frames), fps=8)
+    with av.open(str(tmp_path / "v.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    assert len(decoded) == 10 and decoded[0].shape == (32, 68, 3)
+
+
+def test_tensors_round_trip_with_metadata(tmp_path):
+    from safetensors import safe_open
+
+    x = torch.randn(2, 3)
+    write_tensors(tmp_path / "l.safetensors", {"latents": x}, {"streams": [1, 2]})
+    with safe_open(str(tmp_path / "l.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("latents"), x)
+        assert json.loads(f.metadata()["streams"]) == [1, 2]
