@@ -132,6 +132,21 @@ class TinyDiT(nn.Module):
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
         return cos[:, :, None, None], sin[:, :, None, None]
 
+    def embed(self, x: Tensor, t: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """Patch tokens + spatial embedding [B, F, N, D] and per-frame conditioning [B, F, D]."""
+        p = self.cfg.patch
+        tokens = rearrange(x, "b f c (h p1) (w p2) -> b f (h w) (c p1 p2)", p1=p, p2=p)
+        cond = self.time_mlp(timestep_embedding(t, self.cfg.dim)) + self.action_mlp(actions)
+        return self.patch_embed(tokens) + self.pos_embed, cond
+
+    def unpatchify(self, h: Tensor, cond: Tensor) -> Tensor:
+        """Final modulated norm + linear head, tokens [B, F, N, D] -> frames [B, F, C, H, W]."""
+        p = self.cfg.patch
+        shift, scale = self.modulation_out(F.silu(cond))[:, :, None].chunk(2, dim=-1)
+        out = self.head(self.norm_out(h) * (1 + scale) + shift)
+        return rearrange(out, "b f (h w) (c p1 p2) -> b f c (h p1) (w p2)", p1=p, p2=p,
+                         h=self.cfg.height // p)
+
     def forward(self, x: Tensor, t: Tensor, actions: Tensor, positions: Tensor,
                 ctx: list[tuple[Tensor, Tensor]] | None, mask: Tensor | None,
                 return_kv: bool = False) -> Tensor:
@@ -140,10 +155,7 @@ class TinyDiT(nn.Module):
         ``ctx``: per layer (K roped, V) [B, Hh, M, Dh]. Returns the velocity [B, F, C, H, W], or
         with ``return_kv`` the K/V of these frames [L, 2, B, F, N, Hh, Dh] (K un-roped).
         """
-        p, b, f = self.cfg.patch, x.shape[0], x.shape[1]
-        tokens = rearrange(x, "b f c (h p1) (w p2) -> b f (h w) (c p1 p2)", p1=p, p2=p)
-        h = self.patch_embed(tokens) + self.pos_embed  # [B, F, N, D]
-        cond = self.time_mlp(timestep_embedding(t, self.cfg.dim)) + self.action_mlp(actions)
+        h, cond = self.embed(x, t, actions)  # [B, F, N, D], [B, F, D]
         rope = self.rope(positions)
         kvs = []
         for i, block in enumerate(self.blocks):
@@ -153,7 +165,19 @@ class TinyDiT(nn.Module):
                 kvs.append(torch.stack((k, v)))
         if return_kv:
             return torch.stack(kvs)  # [L, 2, B, F, N, Hh, Dh]
-        shift, scale = self.modulation_out(F.silu(cond))[:, :, None].chunk(2, dim=-1)
-        out = self.head(self.norm_out(h) * (1 + scale) + shift)
-        return rearrange(out, "b f (h w) (c p1 p2) -> b f c (h p1) (w p2)", b=b, f=f, p1=p, p2=p,
-                         h=self.cfg.height // p)
+        return self.unpatchify(h, cond)
+
+    def forward_sequence(self, x: Tensor, t: Tensor, actions: Tensor, positions: Tensor,
+                         frame_mask: Tensor) -> Tensor:
+        """Training forward over a whole sequence with a frame-level attention mask.
+
+        x [B, S, C, H, W]; t [B, S]; actions [B, S, A]; positions [B, S]; frame_mask [S, S] bool
+        (query frame, key frame). Returns the velocity [B, S, C, H, W].
+        """
+        n = self.cfg.tokens_per_frame
+        mask = frame_mask.repeat_interleave(n, 0).repeat_interleave(n, 1)  # [S*N, S*N]
+        h, cond = self.embed(x, t, actions)
+        rope = self.rope(positions)
+        for block in self.blocks:
+            h, _, _ = block(h, cond, rope, None, None, mask)
+        return self.unpatchify(h, cond)
