@@ -206,6 +206,8 @@ def run(config, overrides: list[str] = (), prefix: Tensor | None = None,
     cfg = validate(apply_overrides(read_config(config), list(overrides)))
     comps = build_components(cfg)
     g = geometry(cfg, comps.backbone.spec)
+    if g.check():
+        raise ConfigError(g.check())
     modes = (["native"] if cfg.compare else []) + (["retrieval"] if cfg.retrieval.enabled else [])
     if not modes:
         modes = ["native"]
