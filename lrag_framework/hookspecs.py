@@ -5,8 +5,9 @@ A plugin is a module named by an entry point in the ``lrag_framework`` group. It
 ``register(name, factory, params_model=None)`` callback:
 
 - ``name``: the component's name in configs (``{name: ..., params: ...}``);
-- ``factory``: a class or function called as ``factory(params)`` with the validated params model,
-  returning the component (checked against its interface from ``lrag_framework.interfaces``);
+- ``factory``: a class or function called as ``factory(params)`` with the validated params model
+  (as ``factory()`` when there is no params model), returning the component (checked against its
+  interface from ``lrag_framework.interfaces``);
 - ``params_model``: a pydantic model of the params (``None``: the component takes none).
 
 A plugin module may declare ``LRAG_API_VERSION = <int>``; a plugin declaring another major version

@@ -87,11 +87,11 @@ class KVMemory:
     def gather(self, frame_ids: Tensor) -> Tensor:
         """K/V of planned frames ``[B, F]`` -> [L, 2, B, F, N, Hh, Dh]; padding (-1) reads slot 0,
         which is finite (the pool starts zeroed) and masked out by ``Context.valid``."""
-        l, two, b, cap = self.pool.shape[:4]
+        layers, two, b, cap = self.pool.shape[:4]
         slots = torch.where(frame_ids >= 0, self.slot_of[frame_ids.clamp(min=0)], 0)
         if bool((slots < 0).any()):
             raise RuntimeError("planned a frame whose K/V is not held (engine bug)")
         flat = (torch.arange(b)[:, None] * cap + slots).flatten().to(self.pool.device)
-        pool = self.pool.view(l, two, b * cap, *self.pool.shape[4:])
-        out = pool.index_select(2, flat).view(l, two, b, frame_ids.shape[1], *self.pool.shape[4:])
-        return out
+        pool = self.pool.view(layers, two, b * cap, *self.pool.shape[4:])
+        return pool.index_select(2, flat).view(layers, two, b, frame_ids.shape[1],
+                                               *self.pool.shape[4:])

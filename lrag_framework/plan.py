@@ -40,8 +40,8 @@ class Geometry:
         if local < self.block:
             what = "window - sink - k" if self.placement == "reference" else "window - sink"
             errors.append(f"generation: {what} = {local} leaves no room for a block of "
-                          f"{self.block} frames (window {self.window}, sink {self.sink}, k {self.k},"
-                          f" placement {self.placement})")
+                          f"{self.block} frames (window {self.window}, sink {self.sink}, "
+                          f"k {self.k}, placement {self.placement})")
         return errors
 
     @property

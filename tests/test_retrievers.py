@@ -2,14 +2,13 @@
 chunking invariance, input errors, state round trips, the usearch masking fallbacks and recall."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from safetensors.torch import load as st_load
@@ -20,12 +19,6 @@ from lrag_retrievers.exact_retriever import ExactRetriever
 from lrag_retrievers.usearch_index import UsearchParams, register_retrievers as register_usearch
 from lrag_retrievers.usearch_retriever import UsearchRetriever
 
-# Profiles belong in tests/conftest.py (owned elsewhere); registered here until they move there.
-settings.register_profile("ci", max_examples=50, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("thorough", max_examples=1000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 

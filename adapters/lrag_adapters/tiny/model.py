@@ -79,7 +79,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor, rope: tuple[Tensor, Tensor], ctx_k: Tensor | None,
                 ctx_v: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, F, N, D]; cond [B, F, D]; ctx_k/v [B, Hh, M, Dh] (roped K); mask [B, 1, 1, M + F*N].
+        """x [B, F, N, D]; cond [B, F, D]; ctx_k/v [B, Hh, M, Dh] (roped K); mask [B, 1, 1, M+F*N].
 
         Returns the new x and this block's un-roped K and V [B, F, N, Hh, Dh].
         """

@@ -1,0 +1,78 @@
+"""The tiny backbone: training forward == inference path, sampler, weights loading."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lrag_adapters.tiny.backbone import TinyBackbone
+from lrag_adapters.tiny.params import TinyParams
+from lrag_adapters.tiny.train import teacher_forcing_mask
+from lrag_framework.interfaces import Context
+
+P = TinyParams(height=16, width=16, patch=4, dim=32, layers=2, heads=2, weights=None)
+
+
+def context_of(kv, frames, block_start, block):
+    b = kv.shape[2]
+    ids = torch.arange(frames).expand(b, -1)
+    return Context(kv=kv, frame_ids=ids, positions=ids.clone(), roles=torch.full_like(ids, 2),
+                   valid=torch.ones_like(ids, dtype=torch.bool), block_start=block_start,
+                   block_positions=torch.arange(block_start, block_start + block).expand(b, -1))
+
+
+def test_teacher_forcing_sequence_matches_cached_inference():
+    """One masked forward over [clean | noisy] gives the velocities of block-by-block inference
+    with recached context: training sees exactly what generation will."""
+    bb = TinyBackbone(P)
+    torch.manual_seed(0)
+    b, t = 2, 6
+    clean = torch.randn(b, t, 3, 16, 16)
+    noisy = torch.randn(b, t, 3, 16, 16)
+    actions = torch.randn(b, t, 2)
+    sigma_t = torch.tensor([[700.0] * 3 + [300.0] * 3] * b)
+    cond = bb.encode_conditioning([a.numpy() for a in actions], t)
+    pos = torch.arange(t).expand(b, -1)
+    seq_pred = bb.model.forward_sequence(
+        torch.cat((clean, noisy), 1), torch.cat((torch.zeros(b, t), sigma_t), 1),
+        torch.cat((actions, actions), 1), torch.cat((pos, pos), 1),
+        teacher_forcing_mask(t, 3, "cpu"))[:, t:]
+    empty = torch.zeros(2, 2, b, 0, 16, 2, 16)
+    prep0 = bb.prepare(context_of(empty, 0, 0, 3))
+    pred0 = bb.denoise(noisy[:, :3], sigma_t[:, 0], cond, prep0)
+    kv0 = bb.recache(clean[:, :3], cond, prep0)
+    prep1 = bb.prepare(context_of(kv0, 3, 3, 3))
+    pred1 = bb.denoise(noisy[:, 3:], sigma_t[:, 3], cond, prep1)
+    torch.testing.assert_close(seq_pred, torch.cat((pred0, pred1), 1), rtol=1e-4, atol=1e-5)
+
+
+def test_renoise_sampler_reaches_clean_estimate():
+    bb = TinyBackbone(P)
+    x0, noise = torch.randn(4, 3), torch.randn(4, 3)
+    t, t_next = torch.tensor(750.0), torch.tensor(0.0)
+    x = 0.25 * x0 + 0.75 * noise
+    v = noise - x0
+    torch.testing.assert_close(bb.sampler_step(x, v, t, t_next, torch.randn(4, 3)), x0)
+    euler = TinyBackbone(P.model_copy(update={"sampler": "euler"}))
+    torch.testing.assert_close(euler.sampler_step(x, v, t, t_next, torch.randn(4, 3)), x0)
+
+
+def test_weights_load_strictly(tmp_path):
+    bb = TinyBackbone(P)
+    path = tmp_path / "w.safetensors"
+    state = {k: v.clone() for k, v in bb.model.state_dict().items()}
+    save_file(state, str(path))
+    loaded = TinyBackbone(P.model_copy(update={"weights": str(path), "init_seed": 5}))
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, state[k])
+    state.pop("head.bias")
+    state["extra.weight"] = torch.zeros(1)
+    save_file(state, str(path))
+    with pytest.raises(ValueError, match="head.bias.*extra.weight"):
+        TinyBackbone(P.model_copy(update={"weights": str(path)}))
+    with pytest.raises(FileNotFoundError, match="nope"):
+        TinyBackbone(P.model_copy(update={"weights": str(tmp_path / "nope.safetensors")}))
+
+
+def test_bad_actions_are_reported():
+    bb = TinyBackbone(P)
+    with pytest.raises(ValueError, match=r"actions must be \[T >= 9, 2\]"):
+        bb.encode_conditioning([[[0.0, 1.0]] * 4], 9)
