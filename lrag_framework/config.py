@@ -61,11 +61,23 @@ class GenerationConfig(Strict):
 
 
 class PrefixConfig(Strict):
-    """Given start frames: a safetensors file with ``latents`` [F, C, H, W] or [S, F, C, H, W]
-    (``kind: latents``) or ``pixels`` [F, 3, h, w] in [-1, 1] encoded by the backbone."""
+    """Given start frames. ``source: file``: a safetensors file with ``latents`` [F, C, H, W] or
+    [S, F, C, H, W] (``kind: latents``) or ``pixels`` [F, 3, h, w] in [-1, 1] that the backbone
+    encodes. ``source: reference``: the ground-truth frames the backbone derives from each
+    stream's conditioning (``Backbone.reference``), e.g. a simulator's frames."""
 
-    path: str
+    source: Literal["file", "reference"] = "file"
+    path: str | None = None
     kind: Literal["latents", "pixels"] = "latents"
+    frames: int | None = Field(None, ge=1, description="use the first N frames (default: all)")
+
+    @model_validator(mode="after")
+    def _check_source(self):
+        if self.source == "file" and not self.path:
+            raise ValueError("prefix.path is required with source: file")
+        if self.source == "reference" and self.frames is None:
+            raise ValueError("prefix.frames is required with source: reference")
+        return self
 
 
 class MemoryConfig(Strict):

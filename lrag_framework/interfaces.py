@@ -64,6 +64,16 @@ class Conditioning(ABC):
     switch_frames: tuple[int, ...] = ()
 
 
+@dataclass
+class Reference:
+    """Ground truth that a conditioning implies (e.g. a simulator's frames along a camera path):
+    a source of prefix frames and of the evaluation plots and metrics of a run."""
+
+    pixels: Tensor  # [T, 3, h, w] in [-1, 1]
+    latents: Tensor  # [T, C, H, W]
+    same_place: Tensor | None = None  # [T, T] bool: frames i and j show the same place
+
+
 class Backbone(ABC):
     """An autoregressive, block-causal video generator attending to an engine-owned context."""
 
@@ -97,6 +107,10 @@ class Backbone(ABC):
     @abstractmethod
     def recache(self, clean: Tensor, cond: Conditioning, prepared: Any) -> Tensor:
         """K/V ``[L, 2, B, F, N, Hh, Dh]`` of clean frames [B, F, C, H, W] (t = 0) in context."""
+
+    def reference(self, item: Any, num_frames: int) -> Reference | None:
+        """Ground truth implied by one raw conditioning item, if the backbone knows it."""
+        return None
 
     def encode(self, pixels: Tensor) -> Tensor:
         """Pixels [B, F, 3, h, w] in [-1, 1] -> latents [B, F, C, H, W] (default: identity)."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch import Tensor
@@ -73,31 +74,43 @@ def streams_of(cfg: RunConfig) -> list[dict]:
             for i in range(len(cfg.conditionings)) for j in range(n)]
 
 
-def load_prefix(cfg: RunConfig, backbone, num_streams: int) -> Tensor | None:
-    if cfg.prefix is None:
+def references_of(cfg: RunConfig, backbone) -> list:
+    """Ground truth per stream (``Backbone.reference``; None where the backbone has none)."""
+    t = cfg.generation.num_frames
+    by_item = [backbone.reference(item, t) for item in cfg.conditionings]
+    return [by_item[s["conditioning"]] for s in streams_of(cfg)]
+
+
+def load_prefix(cfg: RunConfig, backbone, references: list) -> Tensor | None:
+    p = cfg.prefix
+    if p is None:
         return None
+    if p.source == "reference":
+        if any(r is None for r in references):
+            raise ConfigError([f"prefix.source: backbone {cfg.backbone.name!r} derives no "
+                               f"reference frames from these conditionings"])
+        return torch.stack([r.latents[:p.frames] for r in references])
     from safetensors.torch import load_file
 
-    path = Path(cfg.prefix.path)
+    path = Path(p.path)
     if not path.is_file():
         raise ConfigError([f"prefix.path: {path} not found"])
     tensors = load_file(str(path))
-    if cfg.prefix.kind not in tensors:
-        raise ConfigError([f"prefix.path: {path} has no tensor {cfg.prefix.kind!r} "
-                           f"(has {sorted(tensors)})"])
-    x = tensors[cfg.prefix.kind].float()
-    x = x[None].expand(num_streams, *x.shape) if x.ndim == 4 else x
-    if x.ndim != 5 or x.shape[0] != num_streams:
-        raise ConfigError([f"prefix: expected [F, ...] or [{num_streams}, F, ...], got "
-                           f"{list(x.shape)}"])
-    if cfg.prefix.kind == "pixels":
-        x = backbone.encode(x)
-    return x
+    if p.kind not in tensors:
+        raise ConfigError([f"prefix.path: {path} has no tensor {p.kind!r} (has {sorted(tensors)})"])
+    x = tensors[p.kind].float()
+    n = len(references)
+    x = x[None].expand(n, *x.shape) if x.ndim == 4 else x
+    if x.ndim != 5 or x.shape[0] != n:
+        raise ConfigError([f"prefix: expected [F, ...] or [{n}, F, ...], got {list(x.shape)}"])
+    x = x[:, :p.frames]
+    return backbone.encode(x) if p.kind == "pixels" else x
 
 
 def generate(cfg: RunConfig, comps: Components, retrieval: bool, prefix: Tensor | None = None,
              initial_noise: Tensor | None = None, progress: bool = False) -> Generation:
-    """Generate every stream of ``cfg`` (in batches), with or without retrieval."""
+    """Generate every stream of ``cfg`` (in batches), with or without retrieval, from ``prefix``
+    [S, P, C, H, W] when given."""
     from tqdm import tqdm
 
     spec = comps.backbone.spec
@@ -112,8 +125,6 @@ def generate(cfg: RunConfig, comps: Components, retrieval: bool, prefix: Tensor 
                                   budget_bytes=cfg.memory.budget_gb * 2 ** 30,
                                   policy=cfg.memory.policy), comps.device)
     streams = streams_of(cfg)
-    if prefix is None:
-        prefix = load_prefix(cfg, comps.backbone, len(streams))
     t_frames = cfg.generation.num_frames
     bar = tqdm(total=t_frames * len(streams), unit="frame", disable=not progress,
                desc="retrieval" if retrieval else "native", file=sys.stderr)
@@ -178,8 +189,15 @@ def _summary(cfg, comps, g: Geometry, mode: str, gen: Generation) -> dict:
                          "placement": g.placement}}
 
 
-def _write_mode(run_dir: Path, cfg: RunConfig, comps: Components, mode: str, gen: Generation,
-                paths: dict) -> list[Tensor]:
+def decode(comps: Components, latents: Tensor) -> Tensor:
+    """Latents [S, T, C, H, W] -> pixels [S, T, 3, h, w] on the CPU, one stream at a time."""
+    with torch.no_grad():
+        return torch.cat([comps.backbone.decode(latents[s:s + 1].to(comps.device)).float().cpu()
+                          for s in range(latents.shape[0])])
+
+
+def _write_mode(run_dir: Path, cfg: RunConfig, mode: str, gen: Generation,
+                pixels: Tensor | None, paths: dict) -> list[np.ndarray]:
     d = run_dir / mode
     d.mkdir()
     meta = {"mode": mode, "streams": streams_of(cfg), "backbone": cfg.backbone.name}
@@ -189,15 +207,29 @@ def _write_mode(run_dir: Path, cfg: RunConfig, comps: Components, mode: str, gen
     write_jsonl(d / "retrieval.jsonl", gen.log)
     paths[f"{mode}_log"] = d / "retrieval.jsonl"
     videos = []
-    if cfg.output.video:
-        with torch.no_grad():
-            for s in range(gen.latents.shape[0]):
-                pixels = comps.backbone.decode(gen.latents[s:s + 1].to(comps.device))[0]
-                frames = to_uint8_frames(pixels.cpu(), cfg.output.video_scale)
-                write_mp4(d / f"stream_{s:03d}.mp4", frames, cfg.output.fps)
-                videos.append(frames)
+    if pixels is not None and cfg.output.video:
+        for s, stream in enumerate(pixels):
+            frames = to_uint8_frames(stream, cfg.output.video_scale)
+            write_mp4(d / f"stream_{s:03d}.mp4", frames, cfg.output.fps)
+            videos.append(frames)
         paths[f"{mode}_videos"] = d
     return videos
+
+
+def _report(run_dir: Path, cfg: RunConfig, g: Geometry, pixels: dict, logs: dict,
+            references: list, first_generated: int, paths: dict) -> dict | None:
+    from .report import evaluate, plot_error, plot_retrieval_heatmap
+
+    if "retrieval" in logs and logs["retrieval"]:
+        plot_retrieval_heatmap(logs["retrieval"], cfg.generation.num_frames,
+                               run_dir / "retrieval_heatmap.png")
+        paths["retrieval_heatmap"] = run_dir / "retrieval_heatmap.png"
+    metrics = evaluate(pixels, logs, references, g.window, first_generated) if pixels else None
+    if metrics:
+        plot_error(metrics, references, g.window, first_generated, run_dir / "error.png")
+        write_json(run_dir / "metrics.json", metrics)
+        paths["error_plot"], paths["metrics"] = run_dir / "error.png", run_dir / "metrics.json"
+    return metrics
 
 
 def _warm_up(cfg: RunConfig, comps: Components, g: Geometry) -> None:
@@ -223,18 +255,30 @@ def run(config, overrides: list[str] = (), prefix: Tensor | None = None,
     with (run_dir / "config.yaml").open("w") as f:
         yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
     latents, summaries, paths, videos = {}, {}, {"run_dir": run_dir}, {}
+    references = references_of(cfg, comps.backbone)
+    if prefix is None:
+        prefix = load_prefix(cfg, comps.backbone, references)
     _warm_up(cfg, comps, g)
+    pixels, logs = {}, {}
+    with_pixels = cfg.output.video or any(r is not None for r in references)
     for mode in modes:
         gen = generate(cfg, comps, retrieval=mode == "retrieval", prefix=prefix,
                        initial_noise=initial_noise, progress=progress)
-        latents[mode] = gen.latents
+        latents[mode], logs[mode] = gen.latents, gen.log
         summaries[mode] = _summary(cfg, comps, g, mode, gen)
-        videos[mode] = _write_mode(run_dir, cfg, comps, mode, gen, paths)
+        if with_pixels:
+            pixels[mode] = decode(comps, gen.latents)
+        videos[mode] = _write_mode(run_dir, cfg, mode, gen, pixels.get(mode), paths)
     if len(modes) == 2 and cfg.output.video:
         for s, (a, b) in enumerate(zip(videos["native"], videos["retrieval"])):
             write_mp4(run_dir / f"compare_{s:03d}.mp4", side_by_side(a, b), cfg.output.fps)
         paths["compare_videos"] = run_dir
+    first_generated = 0 if prefix is None else prefix.shape[1]
+    metrics = _report(run_dir, cfg, g, pixels, logs, references, first_generated, paths)
     summary = {"name": cfg.name, "device": str(comps.device), "modes": summaries}
+    if metrics:
+        for mode, m in metrics.items():
+            summaries[mode].update({k: v for k, v in m.items() if k != "psnr"})
     if len(modes) == 2:
         summary["retrieval_over_native_time"] = round(
             summaries["retrieval"]["seconds"] / max(summaries["native"]["seconds"], 1e-9), 3)
