@@ -11,7 +11,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from lrag_framework.interfaces import Backbone, BackboneSpec, Conditioning, Context
+from lrag_framework.interfaces import Backbone, BackboneSpec, Conditioning, Context, Reference
 
 from .model import TinyConfig, TinyDiT, apply_rope
 from .params import TinyParams
@@ -60,14 +60,28 @@ class TinyBackbone(Backbone):
         return self
 
     def encode_conditioning(self, items: list[Any], num_frames: int) -> ActionConditioning:
-        """Each item: None (no motion), an array-like [T, A], or a path to a .npy file."""
+        """Each item: None (no motion), an array-like [T, A], a path to a .npy file, or a camera
+        path in the procedural world: ``{world: SEED, path: revisit | walk}``."""
         rows = [self._actions(item, num_frames) for item in items]
         return ActionConditioning(torch.stack(rows).to(self.device, self.dtype))
+
+    def reference(self, item: Any, num_frames: int) -> Reference | None:
+        """The world's ground-truth frames and same-place matrix for a world camera path."""
+        if not isinstance(item, dict):
+            return None
+        from lrag_adapters.world import SAME_PLACE_OVERLAP, overlap_matrix
+
+        frames, _, truths = _world_clip(item, num_frames)
+        pixels = torch.from_numpy(frames)
+        same = torch.from_numpy(overlap_matrix(truths, truths) >= SAME_PLACE_OVERLAP)
+        return Reference(pixels=pixels, latents=pixels, same_place=same)
 
     def _actions(self, item: Any, num_frames: int) -> Tensor:
         a = self.cfg.action_dim
         if item is None:
             return torch.zeros(num_frames, a)
+        if isinstance(item, dict):
+            item = _world_clip(item, num_frames)[1]
         if isinstance(item, (str, Path)):
             item = np.load(item)
         actions = torch.as_tensor(np.asarray(item, dtype=np.float32))
@@ -121,6 +135,17 @@ class TinyBackbone(Backbone):
     def recache(self, clean, cond, prepared):
         t = torch.zeros(clean.shape[0], device=self.device)
         return self._forward(clean, t, cond, prepared, return_kv=True)
+
+
+def _world_clip(item: dict, num_frames: int):
+    """Render ``{world: seed, path: revisit | walk}`` -> (frames, actions, truths)."""
+    from lrag_adapters.world import make_clip
+
+    unknown = set(item) - {"world", "path"}
+    if "world" not in item or unknown:
+        raise ValueError(f"tiny backbone: a world conditioning is {{world: SEED, path: revisit|"
+                         f"walk}}, got {item}")
+    return make_clip(int(item["world"]), num_frames, item.get("path", "revisit"))
 
 
 def load_weights(model: TinyDiT, path: str) -> None:
