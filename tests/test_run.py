@@ -111,3 +111,29 @@ def test_reference_geometry_error_is_a_config_error(tmp_path):
     cfg = small_config(tmp_path, retrieval={"k": 4, "placement": "reference"})
     with pytest.raises(ConfigError, match="no room"):
         lrag_framework.run(cfg)
+
+
+def test_world_run_reports_against_ground_truth(tmp_path):
+    params = dict(SMALL_TINY, height=64, width=64, patch=16)
+    cfg = small_config(tmp_path, backbone={"name": "tiny", "params": params},
+                       conditionings=[{"world": 3, "path": "revisit"}],
+                       samples_per_conditioning=1, compare=True,
+                       prefix={"source": "reference", "frames": 6},
+                       generation={"num_frames": 30, "window": 6, "sink": 1})
+    result = lrag_framework.run(cfg)
+    d = result.run_dir
+    assert (d / "error.png").stat().st_size > 0 and (d / "retrieval_heatmap.png").stat().st_size
+    metrics = json.loads((d / "metrics.json").read_text())
+    from lrag_adapters.world import make_clip
+
+    truth = torch.from_numpy(make_clip(3, 30, "revisit")[0])
+    for mode in ("native", "retrieval"):
+        assert torch.equal(result.latents[mode][0, :6], truth[:6])  # the prefix is ground truth
+        psnr = metrics[mode]["psnr"][0]
+        assert len(psnr) == 30 and min(psnr[:6]) > 90  # prefix frames: exact
+        assert metrics[mode]["mean_psnr"] < 40  # random weights cannot match the world
+    precision = metrics["retrieval"]["precision_at_k"]
+    assert precision is not None and 0 <= precision <= 1
+    assert metrics["native"]["precision_at_k"] is None
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["modes"]["retrieval"]["precision_at_k"] == precision
