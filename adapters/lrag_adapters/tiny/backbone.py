@@ -38,9 +38,7 @@ class Prepared:
 class TinyBackbone(Backbone):
     def __init__(self, params: TinyParams):
         self.params = params
-        self.cfg = TinyConfig(channels=params.channels, height=params.height, width=params.width,
-                              patch=params.patch, dim=params.dim, layers=params.layers,
-                              heads=params.heads, action_dim=params.action_dim)
+        self.cfg = TinyConfig.from_params(params)
         torch.manual_seed(params.init_seed)
         self.model = TinyDiT(self.cfg).eval().requires_grad_(False)
         if params.weights:

@@ -31,6 +31,12 @@ class TinyConfig:
     action_dim: int = 2
     rope_theta: float = 100.0
 
+    @classmethod
+    def from_params(cls, params) -> "TinyConfig":
+        """The model sizes of a ``TinyParams``."""
+        return cls(**{name: getattr(params, name) for name in cls.__dataclass_fields__
+                      if hasattr(params, name)})
+
     @property
     def tokens_per_frame(self) -> int:
         return (self.height // self.patch) * (self.width // self.patch)

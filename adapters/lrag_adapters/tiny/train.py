@@ -191,9 +191,7 @@ def train(cfg: TrainConfig) -> int:
     out.mkdir(parents=True, exist_ok=True)
     p = cfg.model
     torch.manual_seed(cfg.seed)
-    model = TinyDiT(TinyConfig(channels=p.channels, height=p.height, width=p.width,
-                               patch=p.patch, dim=p.dim, layers=p.layers, heads=p.heads,
-                               action_dim=p.action_dim)).to(dev)
+    model = TinyDiT(TinyConfig.from_params(p)).to(dev)
     ema = TinyDiT(model.cfg).to(dev).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
