@@ -187,7 +187,7 @@ def test_plugin_registers_the_three_losses_with_their_params():
     seen = {}
     plugin.register_losses(lambda name, factory, model: seen.update({name: (factory, model)}))
     assert set(seen) == {"window_temporal_delta", "trajectory_smoothing", "reconstruction"}
-    for name, (factory, model) in seen.items():
+    for factory, model in seen.values():
         loss = factory(model(weight=2.0))
         assert isinstance(loss, Loss) and loss.weight == 2.0
     d = WindowTemporalDeltaParams()

@@ -163,6 +163,6 @@ class LatentAEEmbedder(Embedder):
 
         save_latent_ae(self.model, folder)
 
-    def to(self, device: torch.device | str) -> "LatentAEEmbedder":
+    def to(self, device: torch.device | str) -> LatentAEEmbedder:
         self.model.to(device)
         return self
