@@ -1,0 +1,273 @@
+"""The Wan2.1 causal family behind the Backbone contract: prompt-embedding conditioning (with
+segments for prompt switches), few-step flow matching (Self-Forcing's sampler and timestep
+warping), a block-causal DiT attending to the engine's planned context."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lrag_framework.interfaces import Backbone, BackboneSpec, Conditioning, Context
+
+from .model import WanConfig
+from .presets import WanParams
+from .rope import WanRope, apply_rope
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class FlowSchedule:
+    """Self-Forcing's ``FlowMatchScheduler(shift, sigma_min=0, extra_one_step=True)`` with
+    ``set_timesteps(train_steps)``: sigma_i = shift s / (1 + (shift - 1) s), s = 1 - i / T
+    (float32, as upstream), timestep = 1000-scaled sigma; a timestep maps to the sigma of the
+    nearest table entry (``utils/scheduler.py``), t = 0 to sigma 0."""
+
+    def __init__(self, shift: float, train_steps: int = 1000):
+        self.train_steps = train_steps
+        raw = torch.linspace(1.0, 0.0, train_steps + 1)[:-1]
+        self.sigmas = shift * raw / (1 + (shift - 1) * raw)
+        self.timesteps = self.sigmas * train_steps
+
+    def warp(self, steps: list[float]) -> Tensor:
+        """Self-Forcing ``warp_denoising_step``: ``cat(timesteps, [0])[T - steps]``."""
+        table = torch.cat((self.timesteps, torch.zeros(1)))
+        return table[self.train_steps - torch.tensor(steps, dtype=torch.long)]
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """Timesteps (any shape) -> sigmas (float64, same shape)."""
+        flat = t.detach().double().cpu().reshape(-1)
+        idx = (self.timesteps.double()[None] - flat[:, None]).abs().argmin(dim=1)
+        sigma = torch.where(flat > 0, self.sigmas.double()[idx], 0.0)
+        return sigma.reshape(t.shape)
+
+
+@dataclass
+class WanConditioning(Conditioning):
+    """Prompt segments of a batch of streams; text K/V computed once per distinct prompt."""
+
+    text_kv: Tensor  # [L, 2, P, Lt, Hh, Dh]: cross-attention K (normed) and V per prompt
+    starts: Tensor  # [B, S] long: first frame of each segment, ascending (padding: a huge id)
+    prompts: Tensor  # [B, S] long: prompt index of each segment
+    switch_frames: tuple[int, ...] = ()
+    _cached: tuple[tuple, Tensor] | None = field(default=None, repr=False)
+
+    def prompt_of(self, frames: Tensor) -> Tensor:
+        """Frame ids [B, F] -> index of the prompt active at each frame [B, F]."""
+        segment = (self.starts[:, None, :] <= frames[:, :, None]).sum(-1) - 1
+        return self.prompts.gather(1, segment)
+
+    def cross(self, frames: Tensor) -> Tensor:
+        """Text K/V for frames [B, F]: [L, 2, B, Lt, Hh, Dh] when each stream's frames share a
+        prompt, else [L, 2, B, F, Lt, Hh, Dh]; the last answer is kept for the next block."""
+        idx = self.prompt_of(frames)
+        key = (tuple(idx.shape), tuple(idx.flatten().tolist()))
+        if self._cached is None or self._cached[0] != key:
+            device = self.text_kv.device
+            if bool((idx == idx[:, :1]).all()):
+                kv = self.text_kv.index_select(2, idx[:, 0].to(device))
+            else:
+                kv = self.text_kv.index_select(2, idx.flatten().to(device))
+                kv = kv.unflatten(2, tuple(idx.shape))
+            self._cached = (key, kv)
+        return self._cached[1]
+
+
+@dataclass
+class Prepared:
+    k: Tensor  # [L, B, M + Fb*N, Hh, Dh]: roped context K, then the block's slots
+    v: Tensor  # [L, B, M + Fb*N, Hh, Dh]
+    mask: Tensor | None  # [B, 1, 1, M + Fb*N] bool, None when every key is valid
+    rope: tuple[Tensor, Tensor]  # cos, sin of the block's frames [B, Fb, N, 1, Dh/2]
+    frames: Tensor  # [B, Fb] frame ids whose conditioning applies
+
+
+class WanBackbone(Backbone):
+    def __init__(self, params: WanParams):
+        from .loading import load_dit
+
+        self.params = params
+        self.cfg = WanConfig(dim=params.dim, ffn_dim=params.ffn_dim, num_heads=params.num_heads,
+                             num_layers=params.num_layers, in_dim=params.latent_channels,
+                             out_dim=params.latent_channels, freq_dim=params.freq_dim,
+                             text_dim=params.text_dim, text_len=params.text_len,
+                             height=params.latent_height, width=params.latent_width)
+        self.schedule = FlowSchedule(params.timestep_shift, params.num_train_timesteps)
+        self.rope = WanRope(self.cfg.head_dim, self.cfg.grid)
+        self.model = load_dit(params, self.cfg).eval().requires_grad_(False)
+        self.device = torch.device("cpu")
+        self.dtype = DTYPES.get(params.dtype, torch.float32)
+        if not self.model.head.head.weight.is_meta:
+            self.model.set_dtype(self.dtype)
+        self.spec = BackboneSpec(
+            latent_shape=(self.cfg.in_dim, self.cfg.height, self.cfg.width),
+            tokens_per_frame=self.cfg.tokens_per_frame, frames_per_block=params.frames_per_block,
+            num_layers=self.cfg.num_layers, num_heads=self.cfg.num_heads,
+            head_dim=self.cfg.head_dim, kv_dtype=self.dtype, window=params.window,
+            sink=params.sink)
+
+    def to(self, device, dtype=None):
+        """Move (and for ``random_init``, materialise) the weights; params.dtype wins over
+        ``dtype`` unless it is ``auto``."""
+        self.device = torch.device(device)
+        self.dtype = DTYPES.get(self.params.dtype) or dtype or self.dtype
+        if self.model.head.head.weight.is_meta:
+            self.model.to_empty(device=self.device)
+            self.model.init_weights(self.params.init_seed)
+        self.model.set_dtype(self.dtype).to(self.device)
+        self.spec = BackboneSpec(**{**self.spec.__dict__, "kv_dtype": self.dtype})
+        return self
+
+    def _ready(self) -> None:
+        if self.model.head.head.weight.is_meta:  # random init, never moved: CPU
+            self.to(self.device, self.dtype)
+
+    # -- conditioning ---------------------------------------------------------------------
+    def encode_conditioning(self, items: list[Any], num_frames: int) -> WanConditioning:
+        """Each item: a prompt embedding [Lt <= text_len, text_dim] (tensor, array, nested list),
+        a path to a .safetensors file holding one, or segments ``[{start, embedding}, ...]``
+        (first start 0; a segment applies from its start frame on)."""
+        self._ready()
+        embeddings, index_of, rows = [], {}, []
+        for item in items:
+            segments = item if _is_segments(item) else [{"start": 0, "embedding": item}]
+            row = []
+            for seg in _check_segments(segments, num_frames):
+                key = _identity(seg["embedding"])
+                if key not in index_of:
+                    index_of[key] = len(embeddings)
+                    embeddings.append(self._embedding(seg["embedding"]))
+                row.append((int(seg["start"]), index_of[key]))
+            rows.append(row)
+        width = max(len(r) for r in rows)
+        far = np.iinfo(np.int64).max
+        starts = torch.tensor([[s for s, _ in r] + [far] * (width - len(r)) for r in rows])
+        prompts = torch.tensor([[p for _, p in r] + [r[-1][1]] * (width - len(r)) for r in rows])
+        text = torch.nn.utils.rnn.pad_sequence(embeddings, batch_first=True)  # [P, Lt, text_dim]
+        with torch.no_grad():
+            text_kv = self.model.text_kv(text.to(self.device))
+        switches = sorted({s for r in rows for s, _ in r if s > 0})
+        return WanConditioning(text_kv, starts, prompts, tuple(switches))
+
+    def _embedding(self, item: Any) -> Tensor:
+        if isinstance(item, (str, Path)):
+            item = _read_embedding(Path(item))
+        if item is None:
+            raise ValueError("wan: a conditioning is a prompt embedding [Lt, text_dim] (T5 "
+                             "output), a .safetensors path or segments, got None")
+        x = torch.as_tensor(np.asarray(item, dtype=np.float32)) if not torch.is_tensor(item) \
+            else item.detach().float().cpu()
+        if x.ndim == 3 and x.shape[0] == 1:
+            x = x[0]
+        c = self.cfg
+        if x.ndim != 2 or x.shape[1] != c.text_dim or not 0 < x.shape[0] <= c.text_len:
+            raise ValueError(f"wan: a prompt embedding must be [Lt <= {c.text_len}, "
+                             f"{c.text_dim}], got {list(x.shape)}")
+        return x
+
+    # -- sampling ---------------------------------------------------------------------------
+    def timesteps(self) -> Tensor:
+        p = self.params
+        if p.warp_denoising_step:
+            return self.schedule.warp(p.denoising_steps)
+        return torch.tensor(p.denoising_steps, dtype=torch.float32)
+
+    def sampler_step(self, x, prediction, t, t_next, noise):
+        """x0 = x_t - sigma_t v; x_next = (1 - sigma_next) x0 + sigma_next noise (float64)."""
+        def sigma(s):
+            s = self.schedule.sigma(torch.as_tensor(s)).to(x.device)
+            return s.view(-1, *[1] * (x.ndim - 1)) if s.ndim else s
+
+        x0 = x.double() - sigma(t) * prediction.double()
+        s_next = sigma(t_next)
+        return ((1 - s_next) * x0 + s_next * noise.double()).to(x.dtype)
+
+    # -- attention --------------------------------------------------------------------------
+    def prepare(self, context: Context) -> Prepared:
+        self._ready()
+        c, dev, dt = self.cfg, self.device, self.dtype
+        layers, n = c.num_layers, c.tokens_per_frame
+        b, f = context.valid.shape
+        fb = context.block_positions.shape[1]
+        m = f * n
+        k = torch.empty((layers, b, m + fb * n, c.num_heads, c.head_dim), device=dev, dtype=dt)
+        v = torch.empty_like(k)
+        mask = None
+        if f:
+            valid = context.valid.to(dev)
+            keep = valid[:, :, None, None, None]  # [B, F, 1, 1, 1]: zero padded slots
+            cos, sin = self.rope.tables(context.positions, dev)
+            for i in range(layers):  # one layer at a time bounds the float32 temporaries
+                ctx_k = context.kv[i, 0].to(dev, dt)  # [B, F, N, Hh, Dh]
+                k[i, :, :m] = torch.where(keep, apply_rope(ctx_k, cos, sin), 0).flatten(1, 2)
+                v[i, :, :m] = torch.where(keep, context.kv[i, 1].to(dev, dt), 0).flatten(1, 2)
+            if not bool(valid.all()):
+                keys = torch.cat((valid.repeat_interleave(n, dim=1),
+                                  torch.ones(b, fb * n, dtype=torch.bool, device=dev)), dim=1)
+                mask = keys[:, None, None]
+        if context.cond_frame is None:
+            frames = context.block_start + torch.arange(fb).expand(b, -1)
+        else:
+            frames = torch.full((b, fb), context.cond_frame)
+        return Prepared(k, v, mask, self.rope.tables(context.block_positions, dev), frames)
+
+    def _forward(self, x: Tensor, t: Tensor, cond: WanConditioning, prepared: Prepared,
+                 return_kv: bool) -> Tensor:
+        b, f = x.shape[:2]
+        if (*prepared.frames.shape, *self.spec.latent_shape) != tuple(x.shape):
+            expected = [*prepared.frames.shape, *self.spec.latent_shape]
+            raise ValueError(f"wan: expected a block {expected} as prepared, got {list(x.shape)}")
+        t_frames = t.to(self.device, torch.float32).reshape(-1, 1).expand(b, f)
+        return self.model(x.to(self.device), t_frames, prepared.rope, prepared.k, prepared.v,
+                          prepared.mask, cond.cross(prepared.frames), return_kv)
+
+    @torch.no_grad()
+    def denoise(self, x, t, cond, prepared):
+        return self._forward(x, t, cond, prepared, return_kv=False)
+
+    @torch.no_grad()
+    def recache(self, clean, cond, prepared):
+        t = torch.zeros(clean.shape[0])
+        return self._forward(clean, t, cond, prepared, return_kv=True)
+
+
+def _is_segments(item: Any) -> bool:
+    return isinstance(item, (list, tuple)) and len(item) > 0 and isinstance(item[0], dict)
+
+
+def _check_segments(segments: list[dict], num_frames: int) -> list[dict]:
+    starts = []
+    for seg in segments:
+        if not isinstance(seg, dict) or set(seg) != {"start", "embedding"}:
+            raise ValueError(f"wan: a prompt segment is {{start, embedding}}, got {seg!r:.200}")
+        starts.append(seg["start"])
+    if starts[0] != 0 or any(not isinstance(s, int) or s < 0 for s in starts) \
+            or starts != sorted(set(starts)) or starts[-1] >= max(num_frames, 1):
+        raise ValueError(f"wan: segment starts must be increasing frame ids from 0 and below "
+                         f"num_frames {num_frames}, got {starts}")
+    return segments
+
+
+def _identity(item: Any) -> tuple:
+    """Dedup key of an embedding: its path, or the object (the runner repeats objects)."""
+    if isinstance(item, (str, Path)):
+        return ("path", str(Path(item).resolve()))
+    return ("object", id(item))
+
+
+def _read_embedding(path: Path) -> Tensor:
+    from safetensors.torch import load_file
+
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise ValueError(f"wan: prompt embedding {path}: expected an existing .safetensors file "
+                         f"holding one tensor [Lt, text_dim] (or 'prompt_embeds')")
+    tensors = load_file(str(path))
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    if "prompt_embeds" in tensors:
+        return tensors["prompt_embeds"]
+    raise ValueError(f"wan: prompt embedding {path} holds {sorted(tensors)}; expected one tensor "
+                     f"or 'prompt_embeds'")

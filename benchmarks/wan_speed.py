@@ -1,0 +1,126 @@
+"""Speed and memory of a Wan2.1-1.3B causal backbone, native vs retrieval, through ``run()``.
+
+Random weights (``random_init``), so no checkpoint is needed; one random prompt embedding. For each
+length it runs native (sliding window) and retrieval (K = 6, R = 5, ``reference`` placement,
+window 12, sink 1, the LongLive-RAG defaults) as separate runs and prints one markdown row per
+run: DiT seconds (after run()'s warm-up block, VAE excluded), video FPS (a latent frame is 4 video
+frames: 4T - 3 in all), the retrieval/native time ratio, peak GPU memory, host memory growth
+(RSS after the run minus before, and peak minus before) and the history K/V bytes per frame.
+
+    python benchmarks/wan_speed.py                       # H100: 120 and 480 latent frames
+    python benchmarks/wan_speed.py --tiny                # CPU smoke check, tiny model
+    python benchmarks/wan_speed.py --frames 120 --budget-gb 40 --preset causal_forcing
+
+History K/V lives in a device pool bounded by ``--budget-gb`` (policy ``drop_oldest``): 480 frames
+of 1.3B K/V (0.27 GiB each in bf16) do not fit an 80 GiB card, the oldest evicted frames give
+up their K/V (they stay indexed but can no longer be retrieved; the "dropped" column).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import lrag_framework
+
+TINY = {"num_layers": 2, "dim": 64, "num_heads": 4, "ffn_dim": 128, "freq_dim": 32, "text_dim": 64,
+        "text_len": 16, "latent_channels": 4, "latent_height": 8, "latent_width": 12}
+
+
+def build_config(preset: str, frames: int, retrieval: bool, tiny: bool, prompt: Path,
+                 out_dir: Path, budget_gb: float) -> dict:
+    """The run config of one benchmark row (the only place that knows the config's fields)."""
+    return {
+        "name": f"wan_speed_{frames}_{'retrieval' if retrieval else 'native'}",
+        "backbone": {"name": preset, "params": {"random_init": True, **(TINY if tiny else {})}},
+        "embedder": {"name": "avg_pool", "params": {}},
+        "retriever": {"name": "exact", "params": {}},
+        "retrieval": {"enabled": retrieval, "k": 6, "recency": 5, "placement": "reference"},
+        "generation": {"num_frames": frames, "window": 12, "sink": 1, "batch_size": 1,
+                       "seed": 0},
+        "conditionings": [str(prompt)],
+        "memory": {"budget_gb": budget_gb, "policy": "drop_oldest"},
+        "output": {"root": str(out_dir), "video": False, "save_latents": False},
+        "device": "cpu" if tiny else "cuda",
+    }
+
+
+def rss_bytes(field: str = "VmRSS") -> int:
+    """Resident (or, with VmHWM, peak resident) host memory of this process."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_host_peak() -> None:
+    try:  # Linux: writing 5 resets VmHWM to the current RSS
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def measure(cfg: dict) -> dict:
+    cuda = cfg["device"] == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    reset_host_peak()
+    before = rss_bytes()
+    result = lrag_framework.run(cfg)
+    mode = "retrieval" if cfg["retrieval"]["enabled"] else "native"
+    summary = result.summary["modes"][mode]
+    return {"mode": mode, "frames": summary["frames"], "seconds": summary["seconds"],
+            "timings": summary["timings"], "memory": summary["memory"],
+            "blocks_retrieved": summary["blocks_retrieved"],
+            "gpu_peak": torch.cuda.max_memory_allocated() if cuda else 0,
+            "host_growth": rss_bytes() - before, "host_peak_growth": rss_bytes("VmHWM") - before}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU (smoke check)")
+    parser.add_argument("--frames", type=int, nargs="+", help="latent frames (default: 120 480, "
+                        "tiny: 24 48)")
+    parser.add_argument("--preset", default="self_forcing")
+    parser.add_argument("--budget-gb", type=float, default=40.0, help="history K/V pool budget")
+    args = parser.parse_args()
+    if not args.tiny and not torch.cuda.is_available():
+        parser.error("the full-size benchmark needs CUDA; use --tiny for a CPU smoke check")
+    frames = args.frames or ([24, 48] if args.tiny else [120, 480])
+    device = "cpu" if args.tiny else torch.cuda.get_device_name()
+    print(f"# wan_speed: {args.preset}{' (tiny)' if args.tiny else ''}, random weights, "
+          f"{device}, torch {torch.__version__}, {platform.python_version()}\n")
+    print("| latent frames | mode | seconds | video FPS | RAG/native | denoise s | recache s | "
+          "plan+gather s | retrieval s | peak GPU GiB | host +GiB (peak) | history MiB/frame "
+          "| dropped |")
+    print("|" + "---|" * 13)
+    gib = 2 ** 30
+    with tempfile.TemporaryDirectory() as tmp:
+        text_dim, text_len = (TINY["text_dim"], TINY["text_len"]) if args.tiny else (4096, 512)
+        prompt = Path(tmp) / "prompt.safetensors"
+        gen = torch.Generator().manual_seed(0)
+        save_file({"prompt_embeds": torch.randn(text_len, text_dim, generator=gen) * 0.1},
+                  str(prompt))
+        for t in frames:
+            native = None
+            for retrieval in (False, True):
+                r = measure(build_config(args.preset, t, retrieval, args.tiny, prompt,
+                                         Path(tmp) / "runs", args.budget_gb))
+                native = native or r["seconds"]
+                tm = r["timings"]
+                print(f"| {t} | {r['mode']} | {r['seconds']:.2f} | "
+                      f"{(4 * t - 3) / r['seconds']:.1f} | {r['seconds'] / native:.2f}x | "
+                      f"{tm['denoise']:.2f} | {tm['recache']:.2f} | {tm['plan_gather']:.2f} | "
+                      f"{tm['retrieval']:.2f} | {r['gpu_peak'] / gib:.2f} | "
+                      f"{r['host_growth'] / gib:+.2f} ({r['host_peak_growth'] / gib:+.2f}) | "
+                      f"{r['memory']['kv_frame_bytes'] / 2 ** 20:.3f} | "
+                      f"{r['memory']['kv_dropped_frames']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
