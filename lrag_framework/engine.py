@@ -123,7 +123,7 @@ class Engine:
                   b: int) -> tuple[list[list[int]], dict | None]:
         if not self.retrieving or query is None:
             return [[] for _ in range(b)], None
-        eligible = self.g.eligible(start, size, memory.has_kv())
+        eligible = self.g.eligible(start, memory.has_kv())
         entry = {"block_start": start, "query_frame": start - 1,
                  "eligible": int(eligible.sum()), "ids": [[] for _ in range(b)],
                  "scores": [[] for _ in range(b)]}

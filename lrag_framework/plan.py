@@ -52,10 +52,12 @@ class Geometry:
         """Oldest non-sink frame still in the rolling cache while generating [start, start+size)."""
         return max(self.sink, start + size - self.cache)
 
-    def eligible(self, start: int, size: int, has_kv: Tensor) -> Tensor:
-        """Frames [0, start) retrievable before block [start, start+size): bool [start]."""
+    def eligible(self, start: int, has_kv: Tensor) -> Tensor:
+        """Frames [0, start) retrievable before block ``start``: bool [start]. Candidates are the
+        frames already evicted when the block starts (as in the public code, where a block's own
+        evictions join the pool only after its retrieval), minus the ``recency`` newest."""
         ids = torch.arange(start)
-        limit = self.first_cached(start, size) - self.recency
+        limit = max(self.sink, start - self.cache) - self.recency
         return (ids >= self.sink) & (ids < limit) & has_kv[:start]
 
     def slot(self, frame: int, start: int, size: int) -> int:

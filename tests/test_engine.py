@@ -128,7 +128,7 @@ def test_retrieved_ids_are_eligible_and_logged(backbone):
     g = Geometry(block=3, window=9, sink=1, k=3, recency=1)
     assert out.log
     for entry in out.log:
-        allowed = set(g.eligible(entry["block_start"], 3, torch.ones(30, dtype=torch.bool))
+        allowed = set(g.eligible(entry["block_start"], torch.ones(30, dtype=torch.bool))
                       .nonzero().flatten().tolist())
         assert entry["eligible"] == len(allowed)
         for ids, scores in zip(entry["ids"], entry["scores"]):

@@ -55,11 +55,11 @@ def test_before_local_positions_take_the_vacated_slots():
 def test_eligibility_skips_sink_cache_and_recency_guard():
     g = Geometry(**PUBLIC, placement="fill")
     has_kv = torch.ones(40, dtype=torch.bool)
-    # Block [30, 33): first cached frame 22; guard R=5 -> eligible 1..16.
-    assert g.eligible(30, 3, has_kv).nonzero().flatten().tolist() == list(range(1, 17))
+    # Block [30, 33): frames < 19 were evicted before it started; guard R=5 -> eligible 1..13.
+    assert g.eligible(30, has_kv).nonzero().flatten().tolist() == list(range(1, 14))
     has_kv[5] = False
-    assert not g.eligible(30, 3, has_kv)[5]
-    assert not g.eligible(12, 3, has_kv).any()
+    assert not g.eligible(30, has_kv)[5]
+    assert not g.eligible(15, has_kv).any()
 
 
 @pytest.mark.parametrize("placement,k,ok", [("reference", 9, False), ("reference", 8, True),

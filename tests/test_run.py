@@ -37,7 +37,7 @@ def test_run_writes_video_log_and_summary(tmp_path):
     assert log and any(any(ids) for e in log for ids in e["ids"])
     for entry in log:  # every retrieved id was eligible: evicted, outside the recency guard
         start = entry["block_start"]
-        limit = max(1, start + 3 - (6 - 1)) - 1
+        limit = max(1, start - (6 - 1)) - 1  # evicted before the block, minus R = 1
         for ids in entry["ids"]:
             assert all(1 <= i < limit for i in ids)
     assert (d / "native" / "retrieval.jsonl").read_text() == ""
