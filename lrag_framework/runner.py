@@ -290,12 +290,19 @@ def run(config, overrides: list[str] = (), prefix: Tensor | None = None,
 
 
 def format_summary(summary: dict) -> str:
-    rows = [("mode", "streams", "frames", "seconds", "frames/s", "blocks w/ retrieval")]
+    rows = [("mode", "streams", "frames", "seconds", "frames/s", "blocks w/ retrieval",
+             "PSNR dB", "PSNR revisits", "precision@K")]
+
+    def num(v):
+        return "-" if v is None else f"{v:.2f}"
+
     for mode, s in summary["modes"].items():
         rows.append((mode, str(s["streams"]), str(s["frames"]), f"{s['seconds']:.2f}",
-                     f"{s['frames_per_second']:.1f}", str(s["blocks_retrieved"])))
+                     f"{s['frames_per_second']:.1f}", str(s["blocks_retrieved"]),
+                     num(s.get("mean_psnr")), num(s.get("mean_psnr_revisits")),
+                     num(s.get("precision_at_k"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if "retrieval_over_native_time" in summary:
         lines.append(f"retrieval / native time: {summary['retrieval_over_native_time']:.3f}")
     return "\n".join(lines)

@@ -48,7 +48,7 @@ class BruteForce(Retriever):
         pass
 
 
-SMALL = TinyParams(height=16, width=16, patch=4, dim=32, layers=2, heads=2)
+SMALL = TinyParams(height=16, width=16, patch=4, dim=32, layers=2, heads=2, weights=None)
 
 
 @pytest.fixture(scope="module")

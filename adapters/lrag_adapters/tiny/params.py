@@ -24,5 +24,6 @@ class TinyParams(BaseModel):
                                description="noise levels sigma of the denoising steps, descending")
     shift: float = Field(1.0, gt=0, description="timestep shift sigma' = s*sigma/(1+(s-1)*sigma)")
     sampler: Literal["renoise", "euler"] = "renoise"
-    weights: str | None = Field(None, description="safetensors file of TinyDiT weights")
+    weights: str | None = Field("builtin", description="safetensors file of TinyDiT weights; "
+                                "builtin: the shipped world model; null: random init")
     init_seed: int = 0

@@ -34,7 +34,8 @@ def build_example_tiny(params: ExampleTinyParams):
     from lrag_adapters.tiny.params import TinyParams
 
     return TinyBackbone(TinyParams(height=16, width=16, patch=4, window=params.window, sink=1,
-                                   init_seed=params.init_seed, **SIZES[params.size]))
+                                   init_seed=params.init_seed, weights=None,
+                                   **SIZES[params.size]))
 
 
 @hookimpl
