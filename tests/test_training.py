@@ -216,7 +216,7 @@ def test_own_video_top1_honours_the_exclusion_radius():
 
 # ---------------------------------------------------------------------------- collect-latents
 
-TINY = {"height": 8, "width": 8, "patch": 4, "dim": 32, "layers": 1, "heads": 2}
+TINY = {"height": 8, "width": 8, "patch": 4, "dim": 32, "layers": 1, "heads": 2, "weights": None}
 
 
 def corpus_config(out_dir, **extra) -> dict:
