@@ -135,9 +135,10 @@ def collect_latents(cfg: CorpusConfig, progress: bool = False) -> dict:
     """Generate every video of ``cfg.run`` not yet on disk; returns counts and the out_dir."""
     from tqdm import tqdm
 
-    from .engine import Engine, EngineOptions, stream_generator
+    from .engine import stream_generator
     from .outputs import write_json
-    from .runner import build_components, geometry, load_prefix, references_of, streams_of
+    from .runner import (build_components, geometry, load_prefix, make_engine, references_of,
+                         streams_of)
 
     try:
         run = validate(cfg.run)
@@ -158,15 +159,8 @@ def collect_latents(cfg: CorpusConfig, progress: bool = False) -> dict:
     if not todo:
         return counts
     comps = build_components(run)
-    g = geometry(run, comps.backbone.spec)
-    retrieval = run.retrieval.enabled and g.k > 0
-    errors = g.check()
-    if errors:
-        raise ConfigError(errors)
-    engine = Engine(comps.backbone, comps.embedder, comps.retriever,
-                    EngineOptions(g, retrieval=retrieval, query=run.retrieval.query,
-                                  budget_bytes=run.memory.budget_gb * 2 ** 30,
-                                  policy=run.memory.policy), comps.device)
+    retrieval = run.retrieval.enabled and geometry(run, comps.backbone.spec).k > 0
+    engine = make_engine(run, comps, retrieval)
     prefix = None if run.prefix is None else load_prefix(
         run, comps.backbone, references_of(run, comps.backbone))
     frames = run.generation.num_frames

@@ -107,23 +107,27 @@ def load_prefix(cfg: RunConfig, backbone, references: list) -> Tensor | None:
     return backbone.encode(x) if p.kind == "pixels" else x
 
 
+def make_engine(cfg: RunConfig, comps: Components, retrieval: bool) -> Engine:
+    """The engine of a run config, with retrieval or natively (k = 0)."""
+    g = geometry(cfg, comps.backbone.spec)
+    if not retrieval:
+        g = Geometry(**{**g.__dict__, "k": 0})
+    errors = g.check()
+    if errors:
+        raise ConfigError(errors)
+    return Engine(comps.backbone, comps.embedder, comps.retriever,
+                  EngineOptions(g, retrieval=retrieval, query=cfg.retrieval.query,
+                                budget_bytes=cfg.memory.budget_gb * 2 ** 30,
+                                policy=cfg.memory.policy), comps.device)
+
+
 def generate(cfg: RunConfig, comps: Components, retrieval: bool, prefix: Tensor | None = None,
              initial_noise: Tensor | None = None, progress: bool = False) -> Generation:
     """Generate every stream of ``cfg`` (in batches), with or without retrieval, from ``prefix``
     [S, P, C, H, W] when given."""
     from tqdm import tqdm
 
-    spec = comps.backbone.spec
-    g = geometry(cfg, spec)
-    if not retrieval:
-        g = Geometry(**{**g.__dict__, "k": 0})
-    errors = g.check()
-    if errors:
-        raise ConfigError(errors)
-    engine = Engine(comps.backbone, comps.embedder, comps.retriever,
-                    EngineOptions(g, retrieval=retrieval, query=cfg.retrieval.query,
-                                  budget_bytes=cfg.memory.budget_gb * 2 ** 30,
-                                  policy=cfg.memory.policy), comps.device)
+    engine = make_engine(cfg, comps, retrieval)
     streams = streams_of(cfg)
     t_frames = cfg.generation.num_frames
     bar = tqdm(total=t_frames * len(streams), unit="frame", disable=not progress,
