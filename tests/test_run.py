@@ -137,3 +137,17 @@ def test_world_run_reports_against_ground_truth(tmp_path):
     assert metrics["native"]["precision_at_k"] is None
     summary = json.loads((d / "summary.json").read_text())
     assert summary["modes"]["retrieval"]["precision_at_k"] == precision
+
+
+@pytest.mark.parametrize("retriever", [{"name": "usearch", "params": {"dtype": "f16"}},
+                                       {"name": "exact", "params": {"metric": "ip"}}])
+def test_both_retrievers_run_inside_run(tmp_path, retriever):
+    cfg = small_config(tmp_path, retriever=retriever,
+                       output={"root": str(tmp_path / "runs"), "video": False})
+    result = lrag_framework.run(cfg)
+    log = [json.loads(line) for line in
+           (result.run_dir / "retrieval" / "retrieval.jsonl").read_text().splitlines()]
+    assert any(ids for e in log for ids in e["ids"])
+    for entry in log:
+        limit = max(1, entry["block_start"] - 5) - 1
+        assert all(1 <= i < limit for ids in entry["ids"] for i in ids)
