@@ -151,3 +151,14 @@ def test_both_retrievers_run_inside_run(tmp_path, retriever):
     for entry in log:
         limit = max(1, entry["block_start"] - 5) - 1
         assert all(1 <= i < limit for ids in entry["ids"] for i in ids)
+
+
+def test_example_run_configs_validate():
+    from pathlib import Path
+
+    examples = Path(__file__).parent.parent / "docs" / "examples"
+    run_configs = [p for p in examples.glob("*.yaml")
+                   if "backbone" in yaml.safe_load(p.read_text())]
+    assert run_configs
+    for path in run_configs:
+        load_config(path)

@@ -233,7 +233,8 @@ def train(cfg: TrainConfig) -> int:
         step += 1
         bar.update()
         if step % cfg.log_every == 0:
-            row = {"step": step, "loss": float(loss.detach()), "lr": lr, "seconds": time.time() - start}
+            row = {"step": step, "loss": float(loss.detach()), "lr": lr,
+                   "seconds": time.time() - start}
             if step % (cfg.log_every * 10) == 0:
                 row["val_loss"] = validate(ema, val_frames, val_actions, cfg)
             log.write(json.dumps(row) + "\n")
