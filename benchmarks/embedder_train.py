@@ -20,7 +20,6 @@ import json
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -33,20 +32,7 @@ from lrag_framework.training import (
     load_train_config,
     train_embedder,
 )
-
-
-def timed(fn, repeats: int, warmup: int, sync) -> float:
-    """Median seconds of ``fn`` after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from timing import median_time
 
 
 def end_to_end(device, batch: int, seq: int, videos: int, frames: int, steps: int,
@@ -106,7 +92,7 @@ def main() -> None:
     for label, amp in modes:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        t = timed(lambda amp=amp: step(amp), repeats, 1 if args.quick else 3, sync)
+        t = median_time(lambda amp=amp: step(amp), repeats, sync, 1 if args.quick else 3)
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else float("nan")
         print(f"| {label} | {batch} x {seq} | {t * 1e3:.1f} | {batch / t:.1f} | "
               f"{batch * seq / t:.0f} | {peak:.1f} |")
@@ -119,7 +105,7 @@ def main() -> None:
     for n in (3, 1024 if not args.quick else 16):
         frames = x.flatten(0, 1)[:n] if n <= batch * seq else torch.randn(
             n, 16, 60, 104, device=device, generator=g)
-        t = timed(lambda frames=frames: embedder.embed(frames), repeats * 3, 3, sync)
+        t = median_time(lambda frames=frames: embedder.embed(frames), repeats * 3, sync, 3)
         print(f"| embed float32 | {n} frames | {t * 1e3:.2f} | - | {n / t:.0f} | - |")
 
 

@@ -28,6 +28,7 @@ from lrag_retrievers.exact import ExactParams
 from lrag_retrievers.exact_retriever import ExactRetriever
 from lrag_retrievers.usearch_index import UsearchParams
 from lrag_retrievers.usearch_retriever import UsearchRetriever
+from timing import median_time
 
 FULL = {16: [100, 1_000, 10_000, 100_000, 1_000_000], 1024: [100, 1_000, 10_000, 100_000]}
 QUICK = {16: [100, 1_000, 10_000], 1024: [100, 1_000, 5_000]}
@@ -47,19 +48,6 @@ def clustered(rng: np.random.Generator, streams: int, n: int, d: int) -> np.ndar
             out[s, t:t + length] = rng.standard_normal(d, dtype=np.float32) + walk + noise
             t += length
     return out
-
-
-def median_time(fn, repeats: int, sync) -> float:
-    """Median wall time of ``fn`` in seconds over ``repeats`` runs after one warm-up."""
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def measure(retriever, hist: torch.Tensor, extra: torch.Tensor, queries: list[torch.Tensor],

@@ -17,6 +17,18 @@ settings.register_profile("thorough", max_examples=1000, deadline=None,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """The tests' tensors are small: threads gain nothing, and on the shared 2-core CI machine
+    spinning OpenMP threads only wait for each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _no_disabled_plugins(monkeypatch):
     """A developer's LRAG_DISABLE_PLUGINS must not change what the tests see."""

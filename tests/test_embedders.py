@@ -18,15 +18,6 @@ SMALL = {"in_channels": 3, "spatial_h": 9, "spatial_w": 14, "latent_dim": 12,
          "hidden_dims": [4, 8]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convs run fastest on one thread, and the CI machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def build_ae(**params) -> LatentAEEmbedder:
     return plugin.build_latent_ae(LatentAEParams(**{**SMALL, **params}))
 

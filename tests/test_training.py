@@ -19,15 +19,6 @@ from lrag_framework.training import load_train_config, split_videos, train_embed
 AE = {"in_channels": 4, "spatial_h": 8, "spatial_w": 8, "latent_dim": 16, "hidden_dims": [8, 16]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convs run fastest on one thread, and the CI machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """8 videos x 12 frames [4, 8, 8] in two shards: a shared pattern plus a drift per video."""

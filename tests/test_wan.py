@@ -52,15 +52,6 @@ def random_state(seed: int) -> dict[str, torch.Tensor]:
     return {k: torch.randn(s, generator=gen) * 0.2 for k, s in public_wan_shapes().items()}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine spinning threads wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bb():
     return WanBackbone(SelfForcingParams(random_init=True, window=6, sink=1, **SIZES))
