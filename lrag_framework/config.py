@@ -85,6 +85,12 @@ class MemoryConfig(Strict):
     policy: Literal["error", "drop_oldest"] = Field(
         "error", description="when history exceeds the budget: stop before running, or drop the "
         "K/V of the oldest evicted frames (they stay indexed but become ineligible)")
+    storage: Literal["auto", "float8"] = Field(
+        "auto", description="K/V storage: the backbone's dtype, or float8 (e4m3 + per-frame "
+        "scales, half the bytes of bf16)")
+    tier: Literal["auto", "cpu"] = Field(
+        "auto", description="where history K/V lives: the compute device, or host memory "
+        "(pinned when computing on a GPU)")
 
 
 class OutputConfig(Strict):

@@ -32,6 +32,8 @@ class EngineOptions:
     query: str = "last_frame"
     budget_bytes: float = 16 * 2 ** 30
     policy: str = "error"
+    storage: str = "auto"
+    tier: str = "auto"
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Engine:
         if n_prefix > num_frames:
             raise ValueError(f"prefix of {n_prefix} frames is longer than num_frames {num_frames}")
         memory = KVMemory(spec, b, num_frames, g.window + g.block, self.opt.budget_bytes,
-                          self.opt.policy, self.device)
+                          self.opt.policy, self.device, self.opt.storage, self.opt.tier)
         out = torch.zeros((b, num_frames, *shape), device=self.device)
         ts = self.backbone.timesteps()
         switches = set(cond.switch_frames)

@@ -118,7 +118,8 @@ def make_engine(cfg: RunConfig, comps: Components, retrieval: bool) -> Engine:
     return Engine(comps.backbone, comps.embedder, comps.retriever,
                   EngineOptions(g, retrieval=retrieval, query=cfg.retrieval.query,
                                 budget_bytes=cfg.memory.budget_gb * 2 ** 30,
-                                policy=cfg.memory.policy), comps.device)
+                                policy=cfg.memory.policy, storage=cfg.memory.storage,
+                                tier=cfg.memory.tier), comps.device)
 
 
 def generate(cfg: RunConfig, comps: Components, retrieval: bool, prefix: Tensor | None = None,

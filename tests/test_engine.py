@@ -196,3 +196,38 @@ def test_conditioning_switch_recaches_window_under_new_conditioning():
     assert switch == [(0, 1, 12), (7, 3, 12), (10, 2, 12)]
     assert [r[0] for r in bb.recached if r[2] is None] == [0, 3, 6, 9, 12, 15]
     assert out.latents.shape[1] == 18
+
+
+def test_float8_storage_halves_bytes_and_keeps_the_context():
+    from lrag_framework.memory import KVMemory, frame_bytes
+
+    spec = TinyBackbone(SMALL).spec
+    assert frame_bytes(spec, 2, "float8") < frame_bytes(spec, 2) / 3  # fp32 -> fp8 + scales
+    memory = KVMemory(spec, 2, 12, 6, 2 ** 30, "error", torch.device("cpu"), storage="float8")
+    shape = (spec.num_layers, 2, 2, 3, spec.tokens_per_frame, spec.num_heads, spec.head_dim)
+    kv = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    kv[:, 0] *= 0.01  # K and V of very different magnitudes: per-frame scales keep both
+    kv[:, 1] *= 100.0
+    memory.write(0, kv, droppable_below=0, keep=0)
+    back = memory.gather(torch.tensor([[0, 1, 2], [2, 1, 0]]))
+    for which, size in ((0, 0.01), (1, 100.0)):  # e4m3: 3 mantissa bits -> relative error <= 1/16
+        torch.testing.assert_close(back[:, which, 0], kv[:, which, 0], rtol=1 / 16,
+                                   atol=size * 1e-3)
+        torch.testing.assert_close(back[:, which, 1], kv[:, which, 1].flip(1), rtol=1 / 16,
+                                   atol=size * 1e-3)
+
+
+def test_float8_history_generates_close_to_full_precision(backbone):
+    cond = backbone.encode_conditioning([None, None], 24)
+    full = make_engine(backbone).generate(cond, gens(), 24)
+    fp8 = make_engine(backbone, storage="float8").generate(cond, gens(), 24)
+    assert fp8.memory["kv_frame_bytes"] < full.memory["kv_frame_bytes"] / 3
+    err = (fp8.latents - full.latents).norm() / full.latents.norm()
+    assert 0 < err < 0.05, err
+
+
+def test_host_tier_gives_the_same_latents(backbone):
+    cond = backbone.encode_conditioning([None, None], 18)
+    device = make_engine(backbone).generate(cond, gens(), 18)
+    host = make_engine(backbone, tier="cpu").generate(cond, gens(), 18)
+    assert torch.equal(device.latents, host.latents)
