@@ -32,7 +32,8 @@ TINY = {"num_layers": 2, "dim": 64, "num_heads": 4, "ffn_dim": 128, "freq_dim": 
 
 
 def build_config(preset: str, frames: int, retrieval: bool, tiny: bool, prompt: Path,
-                 out_dir: Path, budget_gb: float) -> dict:
+                 out_dir: Path, budget_gb: float, storage: str = "auto", tier: str = "auto"
+                 ) -> dict:
     """The run config of one benchmark row (the only place that knows the config's fields)."""
     return {
         "name": f"wan_speed_{frames}_{'retrieval' if retrieval else 'native'}",
@@ -43,7 +44,8 @@ def build_config(preset: str, frames: int, retrieval: bool, tiny: bool, prompt: 
         "generation": {"num_frames": frames, "window": 12, "sink": 1, "batch_size": 1,
                        "seed": 0},
         "conditionings": [str(prompt)],
-        "memory": {"budget_gb": budget_gb, "policy": "drop_oldest"},
+        "memory": {"budget_gb": budget_gb, "policy": "drop_oldest", "storage": storage,
+                   "tier": tier},
         "output": {"root": str(out_dir), "video": False, "save_latents": False},
         "device": "cpu" if tiny else "cuda",
     }
@@ -88,6 +90,9 @@ def main() -> None:
                         "tiny: 24 48)")
     parser.add_argument("--preset", default="self_forcing")
     parser.add_argument("--budget-gb", type=float, default=40.0, help="history K/V pool budget")
+    parser.add_argument("--storage", choices=["auto", "float8"], default="auto")
+    parser.add_argument("--tier", choices=["auto", "cpu"], default="auto",
+                        help="cpu: history K/V in pinned host memory")
     args = parser.parse_args()
     if not args.tiny and not torch.cuda.is_available():
         parser.error("the full-size benchmark needs CUDA; use --tiny for a CPU smoke check")
@@ -110,7 +115,8 @@ def main() -> None:
             native = None
             for retrieval in (False, True):
                 r = measure(build_config(args.preset, t, retrieval, args.tiny, prompt,
-                                         Path(tmp) / "runs", args.budget_gb))
+                                         Path(tmp) / "runs", args.budget_gb, args.storage,
+                                         args.tier))
                 native = native or r["seconds"]
                 tm = r["timings"]
                 print(f"| {t} | {r['mode']} | {r['seconds']:.2f} | "
