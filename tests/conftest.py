@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, settings
 from lrag_framework.plugins import DISABLE_ENV, clear_plugin_cache
 
 # HYPOTHESIS_PROFILE=thorough (tox -e thorough) runs the property tests with many more examples.
-settings.register_profile("ci", max_examples=50, deadline=None,
+settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", max_examples=1000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

@@ -129,7 +129,14 @@ def test_exact_chunking_does_not_change_results(case, metric, cap):
     add_all(chunked, case["hist"], cuts=case["cuts"])
     a = whole.search(torch.from_numpy(case["queries"]), case["k"], case["eligible"])
     b = chunked.search(torch.from_numpy(case["queries"]), case["k"], case["eligible"])
-    assert same(a, b)
+    # Same counts and scores up to float32 rounding (BLAS may round a product over a buffer of
+    # another capacity differently); ids differ only where their scores tie within that rounding.
+    assert torch.equal(a.counts, b.counts)
+    found = a.scores[a.ids >= 0]
+    scale = max([1.0] + found.abs().tolist())
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5 * scale)
+    differ = a.ids != b.ids
+    assert ((a.scores - b.scores)[differ].abs() <= 2e-5 * scale).all()
 
 
 def test_exact_ties_go_to_the_newer_frame():
