@@ -90,7 +90,7 @@ class Engine:
             if start in switches and start > 0:
                 self._recache_window(out, cond, memory, start, size)
             t0 = time.perf_counter()
-            retrieved, entry = self._retrieve(query, memory, start, size, b)
+            retrieved, entry = self._retrieve(query, memory, start, b)
             t1 = time.perf_counter()
             prepared = self._prepare(memory, start, size, retrieved)
             t2 = time.perf_counter()
@@ -121,7 +121,7 @@ class Engine:
                "kv_capacity_frames": memory.capacity, "kv_dropped_frames": memory.dropped}
         return Generation(out.cpu(), log, clock, mem)
 
-    def _retrieve(self, query: Tensor | None, memory: KVMemory, start: int, size: int,
+    def _retrieve(self, query: Tensor | None, memory: KVMemory, start: int,
                   b: int) -> tuple[list[list[int]], dict | None]:
         if not self.retrieving or query is None:
             return [[] for _ in range(b)], None

@@ -178,7 +178,7 @@ def _run_dir(cfg: RunConfig) -> Path:
     return path
 
 
-def _summary(cfg, comps, g: Geometry, mode: str, gen: Generation) -> dict:
+def _summary(g: Geometry, mode: str, gen: Generation) -> dict:
     frames = gen.latents.shape[0] * gen.latents.shape[1]
     eligible_ok = all(len(ids) <= entry["eligible"] for entry in gen.log for ids in entry["ids"])
     return {"mode": mode, "streams": gen.latents.shape[0], "frames": gen.latents.shape[1],
@@ -251,8 +251,9 @@ def run(config, overrides: list[str] = (), prefix: Tensor | None = None,
     cfg = validate(apply_overrides(read_config(config), list(overrides)))
     comps = build_components(cfg)
     g = geometry(cfg, comps.backbone.spec)
-    if g.check():
-        raise ConfigError(g.check())
+    errors = g.check()
+    if errors:
+        raise ConfigError(errors)
     modes = (["native"] if cfg.compare else []) + (["retrieval"] if cfg.retrieval.enabled else [])
     if not modes:
         modes = ["native"]
@@ -270,7 +271,7 @@ def run(config, overrides: list[str] = (), prefix: Tensor | None = None,
         gen = generate(cfg, comps, retrieval=mode == "retrieval", prefix=prefix,
                        initial_noise=initial_noise, progress=progress)
         latents[mode], logs[mode] = gen.latents, gen.log
-        summaries[mode] = _summary(cfg, comps, g, mode, gen)
+        summaries[mode] = _summary(g, mode, gen)
         if with_pixels:
             pixels[mode] = decode(comps, gen.latents)
         videos[mode] = _write_mode(run_dir, cfg, mode, gen, pixels.get(mode), paths)
