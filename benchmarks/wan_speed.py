@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import platform
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -32,12 +33,14 @@ TINY = {"num_layers": 2, "dim": 64, "num_heads": 4, "ffn_dim": 128, "freq_dim": 
 
 
 def build_config(preset: str, frames: int, retrieval: bool, tiny: bool, prompt: Path,
-                 out_dir: Path, budget_gb: float, storage: str = "auto", tier: str = "auto"
-                 ) -> dict:
+                 out_dir: Path, budget_gb: float, storage: str = "auto", tier: str = "auto",
+                 attention: str = "cudnn", compile: bool = False) -> dict:
     """The run config of one benchmark row (the only place that knows the config's fields)."""
+    backbone = {"random_init": True, "attention": attention, "compile": compile,
+                **(TINY if tiny else {})}
     return {
         "name": f"wan_speed_{frames}_{'retrieval' if retrieval else 'native'}",
-        "backbone": {"name": preset, "params": {"random_init": True, **(TINY if tiny else {})}},
+        "backbone": {"name": preset, "params": backbone},
         "embedder": {"name": "avg_pool", "params": {}},
         "retriever": {"name": "exact", "params": {}},
         "retrieval": {"enabled": retrieval, "k": 6, "recency": 5, "placement": "reference"},
@@ -73,11 +76,14 @@ def measure(cfg: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     reset_host_peak()
     before = rss_bytes()
+    start = time.perf_counter()
     result = lrag_framework.run(cfg)
+    wall = time.perf_counter() - start
     mode = "retrieval" if cfg["retrieval"]["enabled"] else "native"
     summary = result.summary["modes"][mode]
     return {"mode": mode, "frames": summary["frames"], "seconds": summary["seconds"],
-            "timings": summary["timings"], "memory": summary["memory"],
+            "timings": summary["timings"], "setup": wall - summary["seconds"],
+            "memory": summary["memory"],
             "blocks_retrieved": summary["blocks_retrieved"],
             "gpu_peak": torch.cuda.max_memory_allocated() if cuda else 0,
             "host_growth": rss_bytes() - before, "host_peak_growth": rss_bytes("VmHWM") - before}
@@ -93,17 +99,22 @@ def main() -> None:
     parser.add_argument("--storage", choices=["auto", "float8"], default="auto")
     parser.add_argument("--tier", choices=["auto", "cpu"], default="auto",
                         help="cpu: history K/V in pinned host memory")
+    parser.add_argument("--attention", choices=["cudnn", "flash", "default"], default="cudnn",
+                        help="preferred SDPA kernel")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the layers")
     args = parser.parse_args()
     if not args.tiny and not torch.cuda.is_available():
         parser.error("the full-size benchmark needs CUDA; use --tiny for a CPU smoke check")
     frames = args.frames or ([24, 48] if args.tiny else [120, 480])
     device = "cpu" if args.tiny else torch.cuda.get_device_name()
     print(f"# wan_speed: {args.preset}{' (tiny)' if args.tiny else ''}, random weights, "
-          f"{device}, torch {torch.__version__}, {platform.python_version()}\n")
+          f"{device}, torch {torch.__version__}, {platform.python_version()}; attention "
+          f"{args.attention}, compile {args.compile}, storage {args.storage}, tier {args.tier}, "
+          f"budget {args.budget_gb} GiB\n")
     print("| latent frames | mode | seconds | video FPS | RAG/native | denoise s | recache s | "
           "plan+gather s | retrieval s | peak GPU GiB | host +GiB (peak) | history MiB/frame "
-          "| dropped |")
-    print("|" + "---|" * 13)
+          "| dropped | setup s (build, warm-up, compile) |")
+    print("|" + "---|" * 14)
     gib = 2 ** 30
     with tempfile.TemporaryDirectory() as tmp:
         text_dim, text_len = (TINY["text_dim"], TINY["text_len"]) if args.tiny else (4096, 512)
@@ -116,7 +127,7 @@ def main() -> None:
             for retrieval in (False, True):
                 r = measure(build_config(args.preset, t, retrieval, args.tiny, prompt,
                                          Path(tmp) / "runs", args.budget_gb, args.storage,
-                                         args.tier))
+                                         args.tier, args.attention, args.compile))
                 native = native or r["seconds"]
                 tm = r["timings"]
                 print(f"| {t} | {r['mode']} | {r['seconds']:.2f} | "
@@ -125,7 +136,7 @@ def main() -> None:
                       f"{tm['retrieval']:.2f} | {r['gpu_peak'] / gib:.2f} | "
                       f"{r['host_growth'] / gib:+.2f} ({r['host_peak_growth'] / gib:+.2f}) | "
                       f"{r['memory']['kv_frame_bytes'] / 2 ** 20:.3f} | "
-                      f"{r['memory']['kv_dropped_frames']} |", flush=True)
+                      f"{r['memory']['kv_dropped_frames']} | {r['setup']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

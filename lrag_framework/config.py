@@ -82,9 +82,10 @@ class PrefixConfig(Strict):
 
 class MemoryConfig(Strict):
     budget_gb: float = Field(16.0, gt=0, description="history K/V byte budget (all streams)")
-    policy: Literal["error", "drop_oldest"] = Field(
-        "error", description="when history exceeds the budget: stop before running, or drop the "
-        "K/V of the oldest evicted frames (they stay indexed but become ineligible)")
+    policy: Literal["thin", "drop_oldest", "error"] = Field(
+        "thin", description="when history K/V exceeds the budget, which evicted frames give up "
+        "their K/V (they stay indexed but become ineligible): thin (keep an even spread over the "
+        "whole history), drop_oldest, or error (stop before generating)")
     storage: Literal["auto", "float8"] = Field(
         "auto", description="K/V storage: the backbone's dtype, or float8 (e4m3 + per-frame "
         "scales, half the bytes of bf16)")

@@ -31,7 +31,7 @@ class EngineOptions:
     retrieval: bool = True
     query: str = "last_frame"
     budget_bytes: float = 16 * 2 ** 30
-    policy: str = "error"
+    policy: str = "thin"
     storage: str = "auto"
     tier: str = "auto"
 

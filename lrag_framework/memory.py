@@ -3,8 +3,11 @@ pool, gathered once per block for the planned context, under a byte budget.
 
 Layout: ``pool [L, 2, B, capacity, N, Hh, Dh]``; ``slot_of[frame]`` maps a frame id (shared by the
 streams of a batch, which advance in lockstep) to its pool slot, -1 when its K/V is not held.
-When history outgrows the budget the ``drop_oldest`` policy frees the slots of the oldest evicted
-frames (they stay indexed by the retriever but become ineligible); ``error`` refuses to start.
+When history outgrows the budget, a policy picks evicted frames whose K/V is dropped (they stay
+indexed by the retriever but become ineligible): ``thin`` drops, among the droppable frames, those
+closest to their previous held neighbour, so the frames that keep K/V stay spread evenly over the
+whole history at a density that halves as it grows (neighbouring frames are near-duplicates for
+retrieval); ``drop_oldest`` keeps only the most recent history; ``error`` refuses to start.
 
 Storage: the backbone's K/V dtype, or ``float8`` (e4m3, one float32 scale per frame, layer and
 K/V: half the bytes of bf16). Tier: the compute device, or ``cpu`` (pinned host memory when the
@@ -43,14 +46,14 @@ class KVMemory:
         capacity = min(total_frames, int(budget_bytes // self.frame_bytes))
         gib = 2 ** 30
         if need > budget_bytes and (policy == "error" or capacity < min_frames):
-            hint = ("raise memory.budget_gb, set memory.storage=float8 or memory.policy="
-                    "drop_oldest" if policy == "error" else "raise memory.budget_gb")
+            hint = ("raise memory.budget_gb, set memory.storage=float8 or memory.policy=thin"
+                    if policy == "error" else "raise memory.budget_gb")
             raise MemoryBudgetError(
                 f"history K/V of {total_frames} frames x {streams} streams needs "
                 f"{need / gib:.2f} GiB ({self.frame_bytes / 2**20:.1f} MiB per frame), over the "
                 f"budget of {budget_bytes / gib:.2f} GiB (policy {policy}, at least {min_frames} "
                 f"frames must fit): {hint}")
-        self.capacity = capacity
+        self.capacity, self.policy = capacity, policy
         self.device, self.kv_dtype = torch.device(device), spec.kv_dtype
         home = torch.device("cpu") if tier == "cpu" else self.device
         pin = home.type == "cpu" and self.device.type == "cuda"
@@ -77,9 +80,7 @@ class KVMemory:
         free = (self.owner < 0).nonzero().flatten()
         need = int(missing.sum())
         if len(free) < need:
-            held = self.owner[self.owner >= 0]
-            victims = held[(held < droppable_below) & (held >= keep)].sort().values
-            victims = victims[:need - len(free)]
+            victims = self._victims(need - len(free), droppable_below, keep)
             if len(free) + len(victims) < need:
                 raise MemoryBudgetError("history K/V pool full and nothing evicted to drop: "
                                         "raise memory.budget_gb")
@@ -91,6 +92,20 @@ class KVMemory:
         self.slot_of[frames] = slots
         self.owner[slots] = frames
         return slots
+
+    def _victims(self, count: int, droppable_below: int, keep: int) -> Tensor:
+        held = self.owner[self.owner >= 0].sort().values
+        droppable = (held < droppable_below) & (held >= keep)
+        if self.policy == "drop_oldest":
+            return held[droppable][:count]
+        victims = []
+        for _ in range(min(count, int(droppable.sum()))):  # one at a time: gaps change
+            gap = torch.diff(held, prepend=held[:1] - held.max() - 1)  # to the previous held
+            i = int(torch.where(droppable, gap, torch.iinfo(torch.long).max).argmin())
+            victims.append(held[i])  # the closest to its predecessor (the oldest on ties)
+            held, droppable = torch.cat((held[:i], held[i + 1:])), torch.cat(
+                (droppable[:i], droppable[i + 1:]))
+        return torch.stack(victims) if victims else held[:0]
 
     def write(self, start: int, kv: Tensor, droppable_below: int, keep: int) -> None:
         """Store K/V ``[L, 2, B, F, N, Hh, Dh]`` of frames [start, start+F) (overwrites if held).

@@ -7,7 +7,7 @@ from lrag_adapters.tiny.backbone import TinyBackbone
 from lrag_adapters.tiny.params import TinyParams
 from lrag_framework.engine import Engine, EngineOptions, stream_generator
 from lrag_framework.interfaces import Context, Embedder, Retriever, SearchResult
-from lrag_framework.memory import MemoryBudgetError
+from lrag_framework.memory import KVMemory, MemoryBudgetError, frame_bytes
 from lrag_framework.plan import Geometry
 
 
@@ -160,11 +160,9 @@ def test_partial_prefix_block(backbone):
 def test_memory_budget(backbone):
     cond = backbone.encode_conditioning([None, None], 30)
     per_frame = make_engine(backbone).backbone.spec
-    from lrag_framework.memory import frame_bytes
-
     budget = frame_bytes(per_frame, 2) * 20
     with pytest.raises(MemoryBudgetError, match="budget"):
-        make_engine(backbone, budget_bytes=budget).generate(cond, gens(), 30)
+        make_engine(backbone, budget_bytes=budget, policy="error").generate(cond, gens(), 30)
     out = make_engine(backbone, budget_bytes=budget, policy="drop_oldest").generate(
         cond, gens(), 30)
     assert out.memory["kv_dropped_frames"] > 0 and out.memory["kv_capacity_frames"] == 20
@@ -231,3 +229,19 @@ def test_host_tier_gives_the_same_latents(backbone):
     device = make_engine(backbone).generate(cond, gens(), 18)
     host = make_engine(backbone, tier="cpu").generate(cond, gens(), 18)
     assert torch.equal(device.latents, host.latents)
+
+
+def test_thin_policy_keeps_an_even_spread_of_the_whole_history():
+    spec = TinyBackbone(SMALL).spec
+    total, capacity, sink, block = 96, 24, 1, 3
+    memory = KVMemory(spec, 1, total, 12, capacity * frame_bytes(spec, 1), "thin", "cpu")
+    kv = torch.zeros(spec.num_layers, 2, 1, block, spec.tokens_per_frame, spec.num_heads,
+                     spec.head_dim)
+    for start in range(0, total, block):
+        memory.write(start, kv, droppable_below=max(0, start + block - 9), keep=sink)
+    held = memory.has_kv().nonzero().flatten()
+    assert len(held) == capacity and held[0] == 0  # the sink stays
+    assert set(range(total - 9, total)) <= set(held.tolist())  # the window stays
+    old = held[(held > 0) & (held < total - 9)]
+    gaps = torch.diff(old)
+    assert old[0] <= 8 and int(gaps.max()) <= 2 * int(gaps.min()) + 2  # spread, not a prefix

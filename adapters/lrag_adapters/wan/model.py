@@ -128,6 +128,7 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim ** 0.5)
+        self.compiled: tuple | None = None  # (pre, post) set by WanDiT.compile_layers
 
     def _modulated(self, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
         return (layer_norm(x, self.eps) * (1 + scale) + shift).to(self.ffn[0].weight.dtype)
@@ -151,6 +152,25 @@ class Block(nn.Module):
             y = attend(q.flatten(0, 1), cross_k.flatten(0, 1), cross_v.flatten(0, 1))
         return self.cross_attn.o(y.reshape(b, f, n, d))
 
+    def pre_attention(self, x: Tensor, e: Tensor, cos: Tensor, sin: Tensor
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Self-attention inputs of tokens x [B, F, N, D]: roped q and k [B, F*N, Hh, Dh], and
+        the un-roped K and V [B, F, N, Hh, Dh] that the cache keeps."""
+        shift, scale = self._mod(e)[:2]
+        h = self._modulated(x, shift, scale)
+        q = self.self_attn.queries(h)
+        k, v = self.self_attn.keys_values(h)
+        return apply_rope(q, cos, sin).flatten(1, 2), apply_rope(k, cos, sin).flatten(1, 2), k, v
+
+    def post_attention(self, x: Tensor, y: Tensor, e: Tensor, cross_k: Tensor,
+                       cross_v: Tensor) -> Tensor:
+        """Residual updates after self-attention output y [B, F*N, Hh, Dh]: output projection,
+        text cross-attention and FFN, each gated as Wan does."""
+        _, _, gate1, shift2, scale2, gate2 = self._mod(e)
+        x = x + self.self_attn.o(y.reshape(x.shape)).float() * gate1
+        x = x + self.cross(x, cross_k, cross_v).float()
+        return x + self.ffn(self._modulated(x, shift2, scale2)).float() * gate2
+
     def forward(self, x: Tensor, e: Tensor, rope: tuple[Tensor, Tensor], k_buf: Tensor,
                 v_buf: Tensor, mask: Tensor | None, cross_k: Tensor,
                 cross_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -159,20 +179,16 @@ class Block(nn.Module):
         ``k_buf``/``v_buf`` [B, S, Hh, Dh]: the roped context followed by F*N free slots, where
         this block's roped K and V are written; ``mask`` [B, 1, 1, S] (None: all valid).
         Returns the new x and the block's un-roped K and V [B, F, N, Hh, Dh].
+        The two halves around the attention have fixed shapes (they never see the context
+        length), so ``WanDiT.compile_layers`` compiles each once for all layers.
         """
-        b, f, n, d = x.shape
-        shift1, scale1, gate1, shift2, scale2, gate2 = self._mod(e)
-        h = self._modulated(x, shift1, scale1)
-        q = self.self_attn.queries(h)
-        k, v = self.self_attn.keys_values(h)
-        m = k_buf.shape[1] - f * n
-        k_buf[:, m:] = apply_rope(k, *rope).flatten(1, 2)
+        pre, post = self.compiled or (self.pre_attention, self.post_attention)
+        q, k_roped, k, v = pre(x, e, *rope)
+        m = k_buf.shape[1] - k_roped.shape[1]
+        k_buf[:, m:] = k_roped
         v_buf[:, m:] = v.flatten(1, 2)
-        y = attend(apply_rope(q, *rope).flatten(1, 2), k_buf, v_buf, mask)
-        x = x + self.self_attn.o(y.reshape(b, f, n, d)).float() * gate1
-        x = x + self.cross(x, cross_k, cross_v).float()
-        x = x + self.ffn(self._modulated(x, shift2, scale2)).float() * gate2
-        return x, k, v
+        y = attend(q, k_buf, v_buf, mask)
+        return post(x, y, e, cross_k, cross_v), k, v
 
 
 class Head(nn.Module):
@@ -236,6 +252,14 @@ class WanDiT(nn.Module):
                     m.bias.zero_()
             elif isinstance(m, (Block, Head)):
                 m.modulation.normal_(0.0, 1.0 / d ** 0.5, generator=gen)
+
+    def compile_layers(self) -> None:
+        """torch.compile the fixed-shape halves of every layer (norms, modulation, RoPE,
+        projections, cross-attention, FFN; one graph shared by all layers) and the RoPE of the
+        context; the self-attention over the variable-length context stays eager."""
+        for block in self.blocks:
+            block.compiled = (torch.compile(block.pre_attention, dynamic=False),
+                              torch.compile(block.post_attention, dynamic=False))
 
     def text_kv(self, text: Tensor) -> Tensor:
         """Prompt embeddings [P, Lt, text_dim] (zero-padded to text_len as Wan does) ->

@@ -36,6 +36,11 @@ class WanParams(BaseModel):
     init_seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: the run's dtype (bf16 on GPU, fp32 on CPU)")
+    attention: Literal["cudnn", "flash", "default"] = Field(
+        "cudnn", description="preferred SDPA kernel on CUDA (falls back in order when a kernel "
+        "cannot serve a call); default: torch's own choice")
+    compile: bool = Field(False, description="torch.compile each layer's fixed-shape parts on "
+                          "CUDA (compiled during the run's warm-up block)")
 
     # sizes
     num_layers: int = Field(30, ge=1)
