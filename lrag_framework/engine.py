@@ -63,12 +63,13 @@ class Engine:
 
     def generate(self, cond: Conditioning, generators: list[torch.Generator], num_frames: int,
                  prefix: Tensor | None = None, initial_noise: Tensor | None = None,
-                 on_block: Callable[[int], None] | None = None) -> Generation:
+                 on_block: Callable[[int, Tensor], None] | None = None) -> Generation:
         """Generate ``num_frames`` latent frames for ``len(generators)`` streams.
 
         ``prefix`` [B, P, C, H, W]: given clean frames that enter cache and history through the
         recache pass as if generated. ``initial_noise`` [B, T, C, H, W] replaces the drawn initial
-        noise of each block (the per-step sampler noise is still drawn).
+        noise of each block (the per-step sampler noise is still drawn). ``on_block(end, clean)``
+        is called after each block with its clean latents [B, F, C, H, W].
         """
         spec, g = self.backbone.spec, self.g
         b, shape = len(generators), spec.latent_shape
@@ -116,7 +117,7 @@ class Engine:
                 log.append(entry)
             start += size
             if on_block:
-                on_block(start)
+                on_block(start, clean)
         mem = {"kv_pool_bytes": memory.bytes, "kv_frame_bytes": memory.frame_bytes,
                "kv_capacity_frames": memory.capacity, "kv_dropped_frames": memory.dropped}
         return Generation(out.cpu(), log, clock, mem)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -119,6 +119,12 @@ class Backbone(ABC):
     def decode(self, latents: Tensor) -> Tensor:
         """Latents [B, F, C, H, W] -> pixels [B, F, 3, h, w] in [-1, 1] (default: identity)."""
         return latents
+
+    def stream_decoder(self) -> Callable[[Tensor], Tensor]:
+        """A decoder for the consecutive blocks of one batch of streams: latents
+        [B, F, C, H, W] -> pixels [B, f, 3, h, w]; a causal decoder (e.g. a video VAE) keeps its
+        state from call to call (default: ``decode`` block by block)."""
+        return self.decode
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Backbone":
         """Move weights; backbones holding nn.Modules override this."""

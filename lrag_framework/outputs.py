@@ -1,8 +1,5 @@
 """Run outputs, written atomically: a file appears under its final name only once complete.
-
-Videos are h264 mp4 through imageio-ffmpeg (its bundled ffmpeg binary), or PyAV when installed
-and imageio-ffmpeg is not.
-"""
+Videos are streamed (``media.StreamingVideoWriter``) and follow the same rule."""
 from __future__ import annotations
 
 import contextlib
@@ -52,39 +49,6 @@ def to_uint8_frames(pixels: Tensor, scale: int = 1) -> np.ndarray:
         x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     x = x[:, :, : x.shape[2] // 2 * 2, : x.shape[3] // 2 * 2]
     return x.permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> None:
-    """uint8 frames [T, H, W, 3] -> h264 mp4 (yuv420p, playable everywhere)."""
-    with atomic_path(path) as tmp:
-        _write_imageio(tmp, frames, fps)
-
-
-def _write_imageio(path: Path, frames: np.ndarray, fps: int) -> None:
-    try:
-        import imageio_ffmpeg
-    except ImportError:
-        return _write_pyav(path, frames, fps)
-    t, h, w, _ = frames.shape
-    writer = imageio_ffmpeg.write_frames(str(path), (w, h), fps=fps, codec="libx264",
-                                         pix_fmt_out="yuv420p", macro_block_size=2,
-                                         ffmpeg_log_level="error")
-    writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
-
-
-def _write_pyav(path: Path, frames: np.ndarray, fps: int) -> None:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode(None))
 
 
 def side_by_side(*videos: np.ndarray, gap: int = 4) -> np.ndarray:

@@ -2,22 +2,23 @@
 write the run directory (config, latents, videos, retrieval log, summary)."""
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from torch import Tensor
 
 from .config import ConfigError, RunConfig, apply_overrides, read_config, validate
 from .engine import Engine, EngineOptions, Generation, stream_generator
-from .outputs import side_by_side, to_uint8_frames, write_json, write_jsonl, write_mp4, \
-    write_tensors
+from .media import side_by_side_files
+from .outputs import write_json, write_jsonl, write_tensors
 from .plan import Geometry
+from .streaming import VideoStreams
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -123,9 +124,11 @@ def make_engine(cfg: RunConfig, comps: Components, retrieval: bool) -> Engine:
 
 
 def generate(cfg: RunConfig, comps: Components, retrieval: bool, prefix: Tensor | None = None,
-             initial_noise: Tensor | None = None, progress: bool = False) -> Generation:
+             initial_noise: Tensor | None = None, progress: bool = False,
+             video: VideoStreams | None = None) -> Generation:
     """Generate every stream of ``cfg`` (in batches), with or without retrieval, from ``prefix``
-    [S, P, C, H, W] when given."""
+    [S, P, C, H, W] when given; ``video`` decodes and writes each block as it is finished (its
+    time is reported apart from generation's)."""
     from tqdm import tqdm
 
     engine = make_engine(cfg, comps, retrieval)
@@ -143,14 +146,17 @@ def generate(cfg: RunConfig, comps: Components, retrieval: bool, prefix: Tensor 
         sl = slice(first, first + len(batch))
         done = [0]
 
-        def advance(frame, done=done, n=len(batch)):
+        def advance(frame, clean, done=done, n=len(batch)):
             bar.update((frame - done[0]) * n)
             done[0] = frame
+            if video is not None:
+                video.append(clean)
 
-        out = engine.generate(cond, gens, t_frames,
-                              prefix=None if prefix is None else prefix[sl],
-                              initial_noise=None if initial_noise is None else initial_noise[sl],
-                              on_block=advance)
+        with video.batch([s["stream"] for s in batch]) if video else contextlib.nullcontext():
+            out = engine.generate(
+                cond, gens, t_frames, prefix=None if prefix is None else prefix[sl],
+                initial_noise=None if initial_noise is None else initial_noise[sl],
+                on_block=advance)
         parts.append(out.latents)
         for entry in out.log:
             entry["streams"] = [s["stream"] for s in batch]
@@ -159,6 +165,10 @@ def generate(cfg: RunConfig, comps: Components, retrieval: bool, prefix: Tensor 
         memory = out.memory
     bar.close()
     clock["total"] = time.perf_counter() - start
+    if video is not None:
+        clock["total"] -= video.seconds
+        clock["decode_write"] = video.seconds
+        clock["first_frame"] = video.first_frame_seconds
     return Generation(torch.cat(parts), logs, clock, memory)
 
 
@@ -184,7 +194,8 @@ def _summary(g: Geometry, mode: str, gen: Generation) -> dict:
     return {"mode": mode, "streams": gen.latents.shape[0], "frames": gen.latents.shape[1],
             "seconds": round(gen.timings["total"], 3),
             "frames_per_second": round(frames / max(gen.timings["total"], 1e-9), 2),
-            "timings": {k: round(v, 4) for k, v in gen.timings.items()}, "memory": gen.memory,
+            "timings": {k: round(v, 4) for k, v in gen.timings.items() if v is not None},
+            "memory": gen.memory,
             "blocks_retrieved": sum(1 for e in gen.log if any(e["ids"])),
             "mean_retrieved": (sum(len(i) for e in gen.log for i in e["ids"])
                                / max(1, sum(len(e["ids"]) for e in gen.log))),
@@ -194,31 +205,15 @@ def _summary(g: Geometry, mode: str, gen: Generation) -> dict:
                          "placement": g.placement}}
 
 
-def decode(comps: Components, latents: Tensor) -> Tensor:
-    """Latents [S, T, C, H, W] -> pixels [S, T, 3, h, w] on the CPU, one stream at a time."""
-    with torch.no_grad():
-        return torch.cat([comps.backbone.decode(latents[s:s + 1].to(comps.device)).float().cpu()
-                          for s in range(latents.shape[0])])
-
-
-def _write_mode(run_dir: Path, cfg: RunConfig, mode: str, gen: Generation,
-                pixels: Tensor | None, paths: dict) -> list[np.ndarray]:
-    d = run_dir / mode
-    d.mkdir()
+def _write_mode(d: Path, cfg: RunConfig, mode: str, gen: Generation, paths: dict) -> None:
     meta = {"mode": mode, "streams": streams_of(cfg), "backbone": cfg.backbone.name}
     if cfg.output.save_latents:
         write_tensors(d / "latents.safetensors", {"latents": gen.latents}, meta)
         paths[f"{mode}_latents"] = d / "latents.safetensors"
     write_jsonl(d / "retrieval.jsonl", gen.log)
     paths[f"{mode}_log"] = d / "retrieval.jsonl"
-    videos = []
-    if pixels is not None and cfg.output.video:
-        for s, stream in enumerate(pixels):
-            frames = to_uint8_frames(stream, cfg.output.video_scale)
-            write_mp4(d / f"stream_{s:03d}.mp4", frames, cfg.output.fps)
-            videos.append(frames)
+    if cfg.output.video:
         paths[f"{mode}_videos"] = d
-    return videos
 
 
 def _report(run_dir: Path, cfg: RunConfig, g: Geometry, pixels: dict, logs: dict,
@@ -260,24 +255,32 @@ def run(config, overrides: list[str] = (), prefix: Tensor | None = None,
     run_dir = _run_dir(cfg)
     with (run_dir / "config.yaml").open("w") as f:
         yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
-    latents, summaries, paths, videos = {}, {}, {"run_dir": run_dir}, {}
+    latents, summaries, paths = {}, {}, {"run_dir": run_dir}
     references = references_of(cfg, comps.backbone)
     if prefix is None:
         prefix = load_prefix(cfg, comps.backbone, references)
     _warm_up(cfg, comps, g)
     pixels, logs = {}, {}
-    with_pixels = cfg.output.video or any(r is not None for r in references)
+    keep_pixels = any(r is not None for r in references)
     for mode in modes:
+        (run_dir / mode).mkdir()
+        video = None
+        if cfg.output.video or keep_pixels:
+            video = VideoStreams(comps.backbone, comps.device,
+                                 run_dir / mode if cfg.output.video else None, cfg.output.fps,
+                                 cfg.output.video_scale, keep_pixels)
         gen = generate(cfg, comps, retrieval=mode == "retrieval", prefix=prefix,
-                       initial_noise=initial_noise, progress=progress)
+                       initial_noise=initial_noise, progress=progress, video=video)
         latents[mode], logs[mode] = gen.latents, gen.log
         summaries[mode] = _summary(g, mode, gen)
-        if with_pixels:
-            pixels[mode] = decode(comps, gen.latents)
-        videos[mode] = _write_mode(run_dir, cfg, mode, gen, pixels.get(mode), paths)
+        if keep_pixels:
+            pixels[mode] = video.stacked()
+        _write_mode(run_dir / mode, cfg, mode, gen, paths)
     if len(modes) == 2 and cfg.output.video:
-        for s, (a, b) in enumerate(zip(videos["native"], videos["retrieval"])):
-            write_mp4(run_dir / f"compare_{s:03d}.mp4", side_by_side(a, b), cfg.output.fps)
+        for s in range(len(streams_of(cfg))):
+            name = f"stream_{s:03d}.mp4"
+            side_by_side_files([run_dir / "native" / name, run_dir / "retrieval" / name],
+                               run_dir / f"compare_{s:03d}.mp4", cfg.output.fps)
         paths["compare_videos"] = run_dir
     first_generated = 0 if prefix is None else prefix.shape[1]
     metrics = _report(run_dir, cfg, g, pixels, logs, references, first_generated, paths)
