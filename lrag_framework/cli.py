@@ -8,7 +8,8 @@ import sys
 def _run(args) -> int:
     from .runner import run_cli
 
-    return run_cli(args.config, args.set, compare=args.compare)
+    return run_cli(args.config, args.set, compare=args.compare, prompts=args.prompt,
+                   image=args.image, video=args.video)
 
 
 def _validate(args) -> int:
@@ -50,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_config("run", "generate videos (no config: the built-in default)", required=False)
     p.add_argument("--compare", action="store_true",
                    help="run native and retrieval on the same noise, side by side")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="a text prompt (one video each; repeatable): replaces conditionings")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--image", metavar="PATH", help="start every video from this image")
+    start.add_argument("--video", metavar="PATH", help="continue this video")
     p.set_defaults(func=_run)
     with_config("validate", "report every error of a run config at once").set_defaults(
         func=_validate)

@@ -48,6 +48,8 @@ class RetrievalConfig(Strict):
         "zero", description="temporal RoPE position of retrieved frames: 0 (public) or the slots "
         "just before the local frames")
     query: Literal["last_frame", "block_mean"] = "last_frame"
+    cross_segments: bool = Field(True, description="with a prompt schedule: may a block retrieve "
+                                 "frames generated under an earlier prompt")
 
 
 class GenerationConfig(Strict):
@@ -61,20 +63,26 @@ class GenerationConfig(Strict):
 
 
 class PrefixConfig(Strict):
-    """Given start frames. ``source: file``: a safetensors file with ``latents`` [F, C, H, W] or
-    [S, F, C, H, W] (``kind: latents``) or ``pixels`` [F, 3, h, w] in [-1, 1] that the backbone
-    encodes. ``source: reference``: the ground-truth frames the backbone derives from each
-    stream's conditioning (``Backbone.reference``), e.g. a simulator's frames."""
+    """Given start frames, entering cache and history as if generated.
 
-    source: Literal["file", "reference"] = "file"
+    ``file``: a safetensors file with ``latents`` [F, C, H, W] or [S, F, C, H, W] (``kind:
+    latents``) or ``pixels`` [F, 3, h, w] in [-1, 1] that the backbone encodes. ``image``: a
+    picture (PNG, JPEG, ...), resized to cover the backbone's frame size, centre-cropped and
+    encoded as the first latent frame. ``video``: the first frames of a video file (``frames``
+    latent frames; default: as many as it holds), prepared and encoded the same way.
+    ``reference``: the ground-truth frames the backbone derives from each stream's conditioning
+    (``Backbone.reference``), e.g. a simulator's frames."""
+
+    source: Literal["file", "image", "video", "reference"] = "file"
     path: str | None = None
     kind: Literal["latents", "pixels"] = "latents"
-    frames: int | None = Field(None, ge=1, description="use the first N frames (default: all)")
+    frames: int | None = Field(None, ge=1, description="use the first N latent frames (default: "
+                               "all)")
 
     @model_validator(mode="after")
     def _check_source(self):
-        if self.source == "file" and not self.path:
-            raise ValueError("prefix.path is required with source: file")
+        if self.source != "reference" and not self.path:
+            raise ValueError(f"prefix.path is required with source: {self.source}")
         if self.source == "reference" and self.frames is None:
             raise ValueError("prefix.frames is required with source: reference")
         return self

@@ -30,6 +30,7 @@ class EngineOptions:
     geometry: Geometry
     retrieval: bool = True
     query: str = "last_frame"
+    cross_segments: bool = True  # may retrieval return frames of an earlier prompt segment
     budget_bytes: float = 16 * 2 ** 30
     policy: str = "thin"
     storage: str = "auto"
@@ -80,7 +81,9 @@ class Engine:
                           self.opt.policy, self.device, self.opt.storage, self.opt.tier)
         out = torch.zeros((b, num_frames, *shape), device=self.device)
         ts = self.backbone.timesteps()
+        cond = cond.aligned(self._block_starts(num_frames, n_prefix))
         switches = set(cond.switch_frames)
+        segments = cond.segments(torch.arange(num_frames)).expand(b, -1)  # [B, T]
         if self.retrieving:
             self.retriever.reset()
         query, log = None, []
@@ -91,7 +94,7 @@ class Engine:
             if start in switches and start > 0:
                 self._recache_window(out, cond, memory, start, size)
             t0 = time.perf_counter()
-            retrieved, entry = self._retrieve(query, memory, start, b)
+            retrieved, entry = self._retrieve(query, memory, start, segments)
             t1 = time.perf_counter()
             prepared = self._prepare(memory, start, size, retrieved)
             t2 = time.perf_counter()
@@ -122,17 +125,31 @@ class Engine:
                "kv_capacity_frames": memory.capacity, "kv_dropped_frames": memory.dropped}
         return Generation(out.cpu(), log, clock, mem)
 
+    def _block_starts(self, num_frames: int, n_prefix: int) -> list[int]:
+        starts, start = [], 0
+        while start < num_frames:
+            starts.append(start)
+            start += min(self.g.block, (n_prefix - start) if start < n_prefix
+                         else num_frames - start)
+        return starts
+
     def _retrieve(self, query: Tensor | None, memory: KVMemory, start: int,
-                  b: int) -> tuple[list[list[int]], dict | None]:
+                  segments: Tensor) -> tuple[list[list[int]], dict | None]:
+        """Top-K of the eligible frames for each stream; ``segments`` [B, T]: prompt segment of
+        every frame (retrieval stays inside the current one unless ``cross_segments``)."""
+        b = segments.shape[0]
         if not self.retrieving or query is None:
             return [[] for _ in range(b)], None
-        eligible = self.g.eligible(start, memory.has_kv())
+        mask = self.g.eligible(start, memory.has_kv()).expand(b, -1)  # [B, T]
+        if not self.opt.cross_segments:
+            mask = mask & (segments[:, :start] == segments[:, start:start + 1])
         entry = {"block_start": start, "query_frame": start - 1,
-                 "eligible": int(eligible.sum()), "ids": [[] for _ in range(b)],
+                 "segment": segments[:, start].tolist(),
+                 "eligible": int(mask.sum(1).max()), "ids": [[] for _ in range(b)],
                  "scores": [[] for _ in range(b)]}
         if entry["eligible"] == 0:
             return entry["ids"], entry
-        mask = eligible.to(query.device).expand(b, -1)
+        mask = mask.to(query.device)
         result = self.retriever.search(query, self.g.k, mask)
         ids, scores, counts = result.ids.cpu(), result.scores.float().cpu(), result.counts.cpu()
         for s in range(b):

@@ -32,6 +32,8 @@ class BackboneSpec:
     kv_dtype: torch.dtype
     window: int  # default attention window in frames, incl. sink and the current block
     sink: int  # default number of sink frames
+    pixel_size: tuple[int, int] | None = None  # (h, w) of decoded frames; None: latent (H, W)
+    frames_per_latent: int = 1  # video frames per latent frame (the first latent: one frame)
 
 
 @dataclass
@@ -62,6 +64,15 @@ class Conditioning(ABC):
     """
 
     switch_frames: tuple[int, ...] = ()
+
+    def aligned(self, block_starts: list[int]) -> "Conditioning":
+        """This conditioning with every switch moved to the first block start at or after it
+        (a switch takes effect at a block boundary). Default: no switches, itself."""
+        return self
+
+    def segments(self, frames: Tensor) -> Tensor:
+        """Segment index (0, 1, ... per switch) of frame ids [F] in each stream -> [B, F]."""
+        return torch.zeros((1, len(frames)), dtype=torch.long)
 
 
 @dataclass

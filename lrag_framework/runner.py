@@ -91,11 +91,13 @@ def load_prefix(cfg: RunConfig, backbone, references: list) -> Tensor | None:
             raise ConfigError([f"prefix.source: backbone {cfg.backbone.name!r} derives no "
                                f"reference frames from these conditionings"])
         return torch.stack([r.latents[:p.frames] for r in references])
-    from safetensors.torch import load_file
-
     path = Path(p.path)
     if not path.is_file():
         raise ConfigError([f"prefix.path: {path} not found"])
+    if p.source in ("image", "video"):
+        return _media_prefix(p, path, backbone, len(references))
+    from safetensors.torch import load_file
+
     tensors = load_file(str(path))
     if p.kind not in tensors:
         raise ConfigError([f"prefix.path: {path} has no tensor {p.kind!r} (has {sorted(tensors)})"])
@@ -108,6 +110,23 @@ def load_prefix(cfg: RunConfig, backbone, references: list) -> Tensor | None:
     return backbone.encode(x) if p.kind == "pixels" else x
 
 
+def _media_prefix(p, path: Path, backbone, streams: int) -> Tensor:
+    """Latents [S, F, C, H, W] of an image (one frame) or of a video's first frames, resized
+    and centre-cropped to the backbone's frame size and encoded by it."""
+    from .media import read_image, read_video
+
+    spec = backbone.spec
+    size = spec.pixel_size or tuple(spec.latent_shape[1:])
+    stride = spec.frames_per_latent
+    if p.source == "image":
+        pixels = read_image(path, size)[None]  # [1, 3, h, w]
+    else:
+        pixels = read_video(path, size, None if p.frames is None else 1 + stride * (p.frames - 1))
+        pixels = pixels[:1 + (len(pixels) - 1) // stride * stride]  # whole latent frames
+    latents = backbone.encode(pixels[None]).float().cpu()  # [1, F, C, H, W]
+    return latents.expand(streams, *latents.shape[1:])
+
+
 def make_engine(cfg: RunConfig, comps: Components, retrieval: bool) -> Engine:
     """The engine of a run config, with retrieval or natively (k = 0)."""
     g = geometry(cfg, comps.backbone.spec)
@@ -118,6 +137,7 @@ def make_engine(cfg: RunConfig, comps: Components, retrieval: bool) -> Engine:
         raise ConfigError(errors)
     return Engine(comps.backbone, comps.embedder, comps.retriever,
                   EngineOptions(g, retrieval=retrieval, query=cfg.retrieval.query,
+                                cross_segments=cfg.retrieval.cross_segments,
                                 budget_bytes=cfg.memory.budget_gb * 2 ** 30,
                                 policy=cfg.memory.policy, storage=cfg.memory.storage,
                                 tier=cfg.memory.tier), comps.device)
@@ -317,9 +337,18 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run_cli(path: str | None, overrides: list[str], compare: bool = False) -> int:
+def run_cli(path: str | None, overrides: list[str], compare: bool = False,
+            prompts: list[str] = (), image: str | None = None, video: str | None = None) -> int:
+    import json
+
     try:
         extra = ["compare=true"] if compare else []
+        if prompts:
+            extra.append(f"conditionings={json.dumps(list(prompts))}")
+        if image or video:
+            source = {"source": "image", "path": image} if image else {"source": "video",
+                                                                       "path": video}
+            extra.append(f"prefix={json.dumps(source)}")
         result = run(path, list(overrides) + extra, progress=True)
     except (ConfigError, FileExistsError) as err:
         print(err, file=sys.stderr)

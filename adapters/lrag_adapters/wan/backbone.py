@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from lrag_framework.interfaces import Backbone, BackboneSpec, Conditioning, Context
@@ -60,6 +61,20 @@ class WanConditioning(Conditioning):
         segment = (self.starts[:, None, :] <= frames[:, :, None]).sum(-1) - 1
         return self.prompts.gather(1, segment)
 
+    def segments(self, frames: Tensor) -> Tensor:
+        """Frame ids [F] -> schedule entry in effect at each frame, per stream [B, F]."""
+        return (self.starts[:, None, :] <= frames[None, :, None]).sum(-1) - 1
+
+    def aligned(self, block_starts: list[int]) -> WanConditioning:
+        """Each segment start moved to the first block start at or after it (never later than
+        the last block: a start beyond it never takes effect)."""
+        blocks = torch.tensor(block_starts)
+        idx = torch.searchsorted(blocks, self.starts)
+        far = np.iinfo(np.int64).max
+        starts = torch.where(idx < len(blocks), blocks[idx.clamp(max=len(blocks) - 1)], far)
+        switches = tuple(sorted({int(v) for v in starts.flatten() if 0 < v < far}))
+        return WanConditioning(self.text_kv, starts, self.prompts, switches)
+
     def cross(self, frames: Tensor) -> Tensor:
         """Text K/V for frames [B, F]: [L, 2, B, Lt, Hh, Dh] when each stream's frames share a
         prompt, else [L, 2, B, F, Lt, Hh, Dh]; the last answer is kept for the next block."""
@@ -98,6 +113,7 @@ class WanBackbone(Backbone):
         self.schedule = FlowSchedule(params.timestep_shift, params.num_train_timesteps)
         self.rope = WanRope(self.cfg.head_dim, self.cfg.grid)
         self.model = load_dit(params, self.cfg).eval().requires_grad_(False)
+        self._vae = None
         self._roped_context = roped_context
         self.device = torch.device("cpu")
         self.dtype = DTYPES.get(params.dtype, torch.float32)
@@ -108,7 +124,70 @@ class WanBackbone(Backbone):
             tokens_per_frame=self.cfg.tokens_per_frame, frames_per_block=params.frames_per_block,
             num_layers=self.cfg.num_layers, num_heads=self.cfg.num_heads,
             head_dim=self.cfg.head_dim, kv_dtype=self.dtype, window=params.window,
-            sink=params.sink)
+            sink=params.sink, pixel_size=(8 * self.cfg.height, 8 * self.cfg.width),
+            frames_per_latent=4)
+
+    def _base_file(self, given: str | None, default: str, what: str) -> str:
+        if given:
+            return given
+        if not self.params.base_dir:
+            raise ValueError(f"wan: give {what} or base_dir (the Wan2.1 folder that holds "
+                             f"{default})")
+        return str(Path(self.params.base_dir) / default)
+
+    @property
+    def vae(self):
+        """The Wan2.1 VAE on the compute device, loaded at first use."""
+        if self._vae is None:
+            from .vae import VAEConfig, load_vae, random_vae
+
+            p = self.params
+            if p.random_init:
+                vae = random_vae(VAEConfig(dim=p.vae_dim or 96), p.init_seed)
+            else:
+                vae = load_vae(self._base_file(p.vae_ckpt, "Wan2.1_VAE.pth", "vae_ckpt"),
+                               None if p.vae_dim is None else VAEConfig(dim=p.vae_dim))
+            self._vae = vae.to(self.device, self.dtype)
+        return self._vae
+
+    def encode(self, pixels: Tensor) -> Tensor:
+        """Pixels [B, 1 + 4k, 3, 8H, 8W] in [-1, 1] -> latents [B, 1 + k, 16, H, W]."""
+        with torch.no_grad():
+            z = self.vae.encode(rearrange(pixels.to(self.device), "b t c h w -> b c t h w"))
+        return rearrange(z.float(), "b c f h w -> b f c h w")
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return self.stream_decoder()(latents)
+
+    def stream_decoder(self):
+        """Latent blocks [B, F, 16, H, W] -> frames [B, 1 + 4(F-1) first, then 4F, 3, 8H, 8W],
+        the VAE's causal cache carried from block to block."""
+        stream = self.vae.stream_decoder()
+
+        def decode(latents: Tensor) -> Tensor:
+            with torch.no_grad():
+                video = stream.decode(rearrange(latents, "b f c h w -> b c f h w"))
+            return rearrange(video, "b c t h w -> b t c h w")
+
+        return decode
+
+    def _encode_text(self, prompts: list[str]) -> list[Tensor]:
+        """Prompt texts -> umT5 embeddings [Lt, 4096] through the on-disk cache; the encoder is
+        freed as soon as the prompts are encoded."""
+        from .text_encoder import CHECKPOINT, TOKENIZER_DIR, T5Config, TextEncoder
+
+        p = self.params
+        ckpt = None if p.random_init else self._base_file(p.text_encoder_ckpt, CHECKPOINT,
+                                                          "text_encoder_ckpt")
+        encoder = TextEncoder(ckpt, self._base_file(p.tokenizer_dir, TOKENIZER_DIR,
+                                                    "tokenizer_dir"),
+                              T5Config(**p.text_encoder_sizes), self.device,
+                              torch.bfloat16 if self.device.type == "cuda" else torch.float32,
+                              p.prompt_cache, seed=p.init_seed)
+        try:
+            return encoder.encode(prompts)
+        finally:
+            encoder.free()
 
     def to(self, device, dtype=None):
         """Move (and for ``random_init``, materialise) the weights; params.dtype wins over
@@ -119,6 +198,8 @@ class WanBackbone(Backbone):
             self.model.to_empty(device=self.device)
             self.model.init_weights(self.params.init_seed)
         self.model.set_dtype(self.dtype).to(self.device)
+        if self._vae is not None:
+            self._vae.to(self.device, self.dtype)
         if self.params.compile and self.device.type == "cuda":
             self.model.compile_layers()
             self._roped_context = torch.compile(roped_context)
@@ -131,29 +212,36 @@ class WanBackbone(Backbone):
 
     # -- conditioning ---------------------------------------------------------------------
     def encode_conditioning(self, items: list[Any], num_frames: int) -> WanConditioning:
-        """Each item: a prompt embedding [Lt <= text_len, text_dim] (tensor, array, nested list),
-        a path to a .safetensors file holding one, or segments ``[{start, embedding}, ...]``
-        (first start 0; a segment applies from its start frame on)."""
+        """Each item: a prompt text, a prompt embedding [Lt <= text_len, text_dim] (tensor,
+        array, nested list), a path to a .safetensors file holding one, or a schedule of segments
+        ``[{start, prompt | embedding}, ...]`` (first start 0; a segment applies from its start
+        frame on, moved to the next block boundary by the engine)."""
         self._ready()
-        embeddings, index_of, rows = [], {}, []
-        for item in items:
-            segments = item if _is_segments(item) else [{"start": 0, "embedding": item}]
-            row = []
-            for seg in _check_segments(segments, num_frames):
-                key = _identity(seg["embedding"])
+        rows = [[_segment(seg) for seg in _check_segments(
+            item if _is_segments(item) else [{"start": 0, "item": item}], num_frames)]
+            for item in items]
+        texts = list(dict.fromkeys(seg["prompt"] for row in rows for seg in row
+                                   if "prompt" in seg))
+        encoded = dict(zip(texts, self._encode_text(texts))) if texts else {}
+        embeddings, index_of, table = [], {}, []
+        for row in rows:
+            entries = []
+            for seg in row:
+                key = ("text", seg["prompt"]) if "prompt" in seg else _identity(seg["embedding"])
                 if key not in index_of:
                     index_of[key] = len(embeddings)
-                    embeddings.append(self._embedding(seg["embedding"]))
-                row.append((int(seg["start"]), index_of[key]))
-            rows.append(row)
-        width = max(len(r) for r in rows)
+                    embeddings.append(self._embedding(encoded[seg["prompt"]] if "prompt" in seg
+                                                      else seg["embedding"]))
+                entries.append((int(seg["start"]), index_of[key]))
+            table.append(entries)
+        width = max(len(r) for r in table)
         far = np.iinfo(np.int64).max
-        starts = torch.tensor([[s for s, _ in r] + [far] * (width - len(r)) for r in rows])
-        prompts = torch.tensor([[p for _, p in r] + [r[-1][1]] * (width - len(r)) for r in rows])
+        starts = torch.tensor([[s for s, _ in r] + [far] * (width - len(r)) for r in table])
+        prompts = torch.tensor([[p for _, p in r] + [r[-1][1]] * (width - len(r)) for r in table])
         text = torch.nn.utils.rnn.pad_sequence(embeddings, batch_first=True)  # [P, Lt, text_dim]
         with torch.no_grad():
             text_kv = self.model.text_kv(text.to(self.device))
-        switches = sorted({s for r in rows for s, _ in r if s > 0})
+        switches = sorted({s for r in table for s, _ in r if s > 0})
         return WanConditioning(text_kv, starts, prompts, tuple(switches))
 
     def _embedding(self, item: Any) -> Tensor:
@@ -278,14 +366,29 @@ def _is_segments(item: Any) -> bool:
 def _check_segments(segments: list[dict], num_frames: int) -> list[dict]:
     starts = []
     for seg in segments:
-        if not isinstance(seg, dict) or set(seg) != {"start", "embedding"}:
-            raise ValueError(f"wan: a prompt segment is {{start, embedding}}, got {seg!r:.200}")
+        if not isinstance(seg, dict) or "start" not in seg or len(seg) != 2 \
+                or not ({"prompt", "embedding", "item"} & set(seg)):
+            raise ValueError(f"wan: a prompt segment is {{start, prompt}} or {{start, "
+                             f"embedding}}, got {seg!r:.200}")
         starts.append(seg["start"])
     if starts[0] != 0 or any(not isinstance(s, int) or s < 0 for s in starts) \
             or starts != sorted(set(starts)) or starts[-1] >= max(num_frames, 1):
         raise ValueError(f"wan: segment starts must be increasing frame ids from 0 and below "
                          f"num_frames {num_frames}, got {starts}")
     return segments
+
+
+def _segment(seg: dict) -> dict:
+    """A checked segment as {start, prompt} or {start, embedding}; a plain item is a prompt
+    text unless it names a .safetensors file."""
+    if "item" not in seg:
+        return seg
+    item = seg["item"]
+    if isinstance(item, str) and not item.endswith(".safetensors"):
+        if not item.strip():
+            raise ValueError("wan: empty prompt text")
+        return {"start": seg["start"], "prompt": item}
+    return {"start": seg["start"], "embedding": item}
 
 
 def _identity(item: Any) -> tuple:

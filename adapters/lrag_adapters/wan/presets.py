@@ -42,6 +42,18 @@ class WanParams(BaseModel):
     compile: bool = Field(False, description="torch.compile each layer's fixed-shape parts on "
                           "CUDA (compiled during the run's warm-up block)")
 
+    # text encoder (prompts given as text) and VAE (video output, image/video start frames)
+    text_encoder_ckpt: str | None = Field(None, description="umT5 encoder state dict; default: "
+                                          "<base_dir>/models_t5_umt5-xxl-enc-bf16.pth")
+    tokenizer_dir: str | None = Field(None, description="default: <base_dir>/google/umt5-xxl")
+    text_encoder_sizes: dict[str, int] = Field({}, description="T5Config overrides (small "
+                                               "checkpoints); default: umT5-XXL")
+    prompt_cache: str | None = Field(None, description="prompt embedding cache folder; default: "
+                                     "$LRAG_CACHE_DIR/prompts or ~/.cache/lrag/prompts")
+    vae_ckpt: str | None = Field(None, description="default: <base_dir>/Wan2.1_VAE.pth")
+    vae_dim: int | None = Field(None, ge=2, description="VAE base width; default: read from the "
+                                "checkpoint (96 with random_init)")
+
     # sizes
     num_layers: int = Field(30, ge=1)
     dim: int = Field(1536, ge=2)

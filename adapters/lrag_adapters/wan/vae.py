@@ -251,11 +251,15 @@ def _check_state(model: WanVAE, state: dict[str, Tensor], path: Path) -> None:
                               f"and a VAEConfig of its sizes")
 
 
-def load_vae(path: str | Path, config: VAEConfig = VAEConfig()) -> WanVAE:
+def load_vae(path: str | Path, config: VAEConfig | None = None) -> WanVAE:
     """The VAE with the weights of a ``Wan2.1_VAE.pth`` (or ``.safetensors``) state dict, loaded
-    strictly, on CPU in the file's dtype, in eval mode without gradients."""
+    strictly, on CPU in the file's dtype, in eval mode without gradients. ``config`` None: the
+    defaults with the base width read from the file."""
     path = Path(path)
     state = _read_state(path)
+    if config is None:
+        conv = state.get("encoder.conv1.weight")
+        config = VAEConfig() if conv is None else VAEConfig(dim=int(conv.shape[0]))
     with torch.device("meta"):
         model = WanVAE(config)
     _check_state(model, state, path)

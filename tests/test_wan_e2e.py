@@ -1,0 +1,133 @@
+"""Text -> embeddings -> latents -> streamed mp4 through ``run(config)``, on tiny checkpoints in
+the public Wan2.1 base-folder layout: a prompt schedule, an image start frame, retrieval kept
+inside a prompt segment, and the prompt cache."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import lrag_framework
+from lrag_adapters.wan import text_encoder as te
+from lrag_adapters.wan.vae import VAEConfig, random_vae
+from test_wan_text import WORDS
+
+pytest.importorskip("tokenizers", reason="the `wan` extra")
+av = pytest.importorskip("av")
+
+T5 = {"vocab": 64, "dim": 24, "dim_attn": 24, "dim_ffn": 32, "num_heads": 4, "num_layers": 2,
+      "text_len": 8}
+DIT = {"num_layers": 2, "dim": 32, "num_heads": 2, "ffn_dim": 48, "freq_dim": 16,
+       "text_dim": 24, "text_len": 8, "latent_channels": 16, "latent_height": 4,
+       "latent_width": 6}  # pixels 32 x 48
+FRAMES = 16  # latent frames: the image, then blocks starting at 1, 4, 7, 10, 13
+CAT, DOG = "a red cat", "a dog runs"
+
+
+def write_base_folder(folder):
+    """Every file of a Wan2.1 base folder at tiny sizes: DiT (config.json + safetensors), umT5
+    (.pth) and its tokenizer folder, VAE (.pth)."""
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    from lrag_adapters.wan.backbone import WanBackbone
+    from lrag_adapters.wan.presets import SelfForcingParams
+
+    folder.mkdir()
+    dit = WanBackbone(SelfForcingParams(random_init=True, **DIT))
+    dit.to("cpu")
+    (folder / "config.json").write_text(json.dumps(
+        {"_class_name": "WanModel", "dim": 32, "eps": 1e-6, "ffn_dim": 48, "freq_dim": 16,
+         "in_dim": 16, "model_type": "t2v", "num_heads": 2, "num_layers": 2, "out_dim": 16,
+         "text_len": 8}))
+    save_file(dit.model.state_dict(), str(folder / "diffusion_pytorch_model.safetensors"))
+    torch.save(te.random_umt5(te.T5Config(**T5), seed=3).state_dict(), folder / te.CHECKPOINT)
+    torch.save(random_vae(VAEConfig(dim=8), seed=4).state_dict(), folder / "Wan2.1_VAE.pth")
+    tok = folder / te.TOKENIZER_DIR
+    tok.mkdir(parents=True)
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
+    vocab += [(w, -2.0) for w in WORDS] + [(ch, -5.0) for ch in "abcdefghijklmnopqrstuvwxyz"]
+    backend = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    backend.pre_tokenizer, backend.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    backend.add_special_tokens(["<pad>", "</s>", "<unk>"])
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)])
+    backend.save(str(tok / "tokenizer.json"))
+    (tok / "special_tokens_map.json").write_text(json.dumps(
+        {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wan") / "Wan2.1-T2V-1.3B"
+    write_base_folder(folder)
+    return folder
+
+
+def config(base, tmp_path, image):
+    return {
+        "backbone": {"name": "self_forcing", "params": {
+            "base_dir": str(base), "generator_ckpt": None, "window": 6, "sink": 1,
+            "text_encoder_sizes": T5, "prompt_cache": str(tmp_path / "cache"), **DIT}},
+        "retrieval": {"k": 2, "recency": 0, "cross_segments": False},
+        "generation": {"num_frames": FRAMES, "batch_size": 2},
+        "conditionings": [CAT, [{"start": 0, "prompt": CAT}, {"start": 5, "prompt": DOG}]],
+        "prefix": {"source": "image", "path": str(image)},
+        "output": {"root": str(tmp_path / "runs"), "name": "t2v", "video_scale": 1, "fps": 16},
+        "device": "cpu",
+    }
+
+
+@pytest.fixture
+def image(tmp_path):
+    from PIL import Image
+
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:, :, 0] = np.linspace(0, 255, 60, dtype=np.uint8)  # a red ramp, left to right
+    Image.fromarray(pixels).save(tmp_path / "start.png")
+    return tmp_path / "start.png"
+
+
+def frames_of(path):
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def test_text_to_streamed_mp4_with_schedule_and_image_start(base, tmp_path, image):
+    result = lrag_framework.run(config(base, tmp_path, image))
+    mode_dir = result.run_dir / "retrieval"
+    for s in range(2):
+        video = frames_of(mode_dir / f"stream_{s:03d}.mp4")
+        assert video.shape == (1 + 4 * (FRAMES - 1), 32, 48, 3)
+    assert not list(result.run_dir.rglob("*.partial*"))
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # two distinct prompts
+
+    comps = lrag_framework.runner.build_components(lrag_framework.load_config(
+        config(base, tmp_path, image)))
+    backbone, latents = comps.backbone, result.latents["retrieval"]
+    from lrag_framework.media import read_image
+
+    start = backbone.encode(read_image(image, (32, 48))[None, None])
+    torch.testing.assert_close(latents[:, :1], start.expand(2, -1, -1, -1, -1))
+    stream = backbone.stream_decoder()  # blocks as the engine made them: 1, 3, 3, 3, 3, 3
+    streamed = torch.cat([stream(b) for b in latents.split([1, 3, 3, 3, 3, 3], dim=1)], dim=1)
+    torch.testing.assert_close(streamed, backbone.decode(latents), rtol=0, atol=0)
+
+    log = [json.loads(line) for line in (mode_dir / "retrieval.jsonl").read_text().splitlines()]
+    segments = {e["block_start"]: e["segment"] for e in log}
+    assert segments[4] == [0, 0] and segments[7] == [0, 1]  # the switch at 5 waits for block 7
+    late = [e for e in log if e["block_start"] >= 10]
+    assert late and all(i >= 7 for e in late for i in e["ids"][1])  # stream 1: its segment only
+    assert any(i < 7 for e in late for i in e["ids"][0])
+
+
+def test_cached_prompts_skip_the_encoder(base, tmp_path, image, monkeypatch):
+    cfg = config(base, tmp_path, image)
+    cfg["output"]["video"] = False
+    lrag_framework.run(cfg)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the encoder was loaded for a cached prompt")
+
+    monkeypatch.setattr(te, "load_umt5", fail)
+    lrag_framework.run({**cfg, "output": {**cfg["output"], "name": "again"}})
