@@ -37,6 +37,11 @@ def frame_bytes(spec: BackboneSpec, streams: int, storage: str = "auto") -> int:
     return per * streams * torch.empty((), dtype=spec.kv_dtype).element_size()
 
 
+def dequantize(values: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """float8 K/V [L, 2, B, F, N, Hh, Dh] with scales [L, 2, B, F] -> ``dtype``."""
+    return (values.float() * scale[..., None, None, None]).to(dtype)
+
+
 class KVMemory:
     def __init__(self, spec: BackboneSpec, streams: int, total_frames: int, min_frames: int,
                  budget_bytes: float, policy: str, device: torch.device, storage: str = "auto",
@@ -63,6 +68,9 @@ class KVMemory:
         self.pool = torch.zeros(shape, dtype=dtype, device=home, pin_memory=pin)
         self.scale = (torch.ones(shape[:4], device=home, pin_memory=pin)
                       if storage == "float8" else None)  # [L, 2, B, capacity]
+        self._dequantize = dequantize
+        if storage == "float8" and self.device.type == "cuda":  # one fused kernel
+            self._dequantize = torch.compile(dequantize, dynamic=True)
         self.slot_of = torch.full((total_frames,), -1, dtype=torch.long)
         self.owner = torch.full((capacity,), -1, dtype=torch.long)  # frame held by each slot
         self.dropped = 0
@@ -136,5 +144,4 @@ class KVMemory:
         if self.scale is None:
             return out
         scale = self.scale.view(layers, two, b * cap).index_select(2, flat).view(layers, two, b, f)
-        scale = scale.to(self.device, non_blocking=True)[..., None, None, None]
-        return (out.float() * scale).to(self.kv_dtype)
+        return self._dequantize(out, scale.to(self.device, non_blocking=True), self.kv_dtype)

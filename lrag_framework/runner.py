@@ -253,11 +253,16 @@ def _report(run_dir: Path, cfg: RunConfig, g: Geometry, pixels: dict, logs: dict
 
 
 def _warm_up(cfg: RunConfig, comps: Components, g: Geometry) -> None:
-    """One discarded block, so one-time costs (kernels, allocator) stay out of the timings."""
-    engine = Engine(comps.backbone, None, None, EngineOptions(Geometry(g.block, g.window, g.sink),
-                    retrieval=False), comps.device)
-    cond = comps.backbone.encode_conditioning(cfg.conditionings[:1], g.block)
-    engine.generate(cond, [stream_generator(0, 0)], g.block)
+    """Discarded blocks until the window is full (every context size the run will see, with the
+    run's memory storage), so one-time costs (kernels, allocator, compilation) stay out of the
+    timings."""
+    m = cfg.memory
+    engine = Engine(comps.backbone, None, None, EngineOptions(
+        Geometry(g.block, g.window, g.sink), retrieval=False, budget_bytes=m.budget_gb * 2 ** 30,
+        storage=m.storage, tier=m.tier), comps.device)
+    frames = min(cfg.generation.num_frames, g.window + g.block)
+    cond = comps.backbone.encode_conditioning(cfg.conditionings[:1], cfg.generation.num_frames)
+    engine.generate(cond, [stream_generator(0, 0)], frames)
 
 
 def run(config, overrides: list[str] = (), prefix: Tensor | None = None,

@@ -202,7 +202,7 @@ class WanBackbone(Backbone):
             self._vae.to(self.device, self.dtype)
         if self.params.compile and self.device.type == "cuda":
             self.model.compile_layers()
-            self._roped_context = torch.compile(roped_context)
+            self._roped_context = torch.compile(roped_context, dynamic=True)
         self.spec = BackboneSpec(**{**self.spec.__dict__, "kv_dtype": self.dtype})
         return self
 
