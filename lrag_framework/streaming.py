@@ -4,6 +4,7 @@ is never held in memory and its first frames are on disk one block after the sta
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -23,7 +24,7 @@ class VideoStreams:
         self.backbone, self.device, self.directory = backbone, device, directory
         self.fps, self.scale, self.keep_pixels = fps, scale, keep_pixels
         self.pixels: dict[int, list[Tensor]] = {}  # stream -> decoded blocks [f, 3, h, w]
-        self.seconds = 0.0  # spent decoding and writing
+        self.seconds = 0.0  # the generation loop spent decoding, or waiting for the writer
         self.first_frame_seconds: float | None = None  # from the first batch's start
         self._started: float | None = None
         self._batch = None
@@ -31,34 +32,49 @@ class VideoStreams:
     @contextmanager
     def batch(self, streams: list[int]):
         """Open the decoder and the writers of one batch; an error inside keeps the partial,
-        playable files under their partial names (see ``StreamingVideoWriter``)."""
+        playable files under their partial names (see ``StreamingVideoWriter``). Encoding and
+        writing run on one background thread, in order, while the next block is generated."""
         if self._started is None:
             self._started = time.perf_counter()
         with ExitStack() as stack:
             writers = [] if self.directory is None else [
                 stack.enter_context(StreamingVideoWriter(
                     self.directory / f"stream_{s:03d}.mp4", self.fps)) for s in streams]
-            self._batch = (streams, self.backbone.stream_decoder(), writers)
+            pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="lrag-video"))
+            self._batch = (streams, self.backbone.stream_decoder(), writers, pool, [])
             try:
                 yield self
+                self._drain()  # writer errors surface here, before the files are closed
             finally:
                 self._batch = None
 
     def append(self, latents: Tensor) -> None:
-        """Decode a block of latents [B, F, C, H, W] of the open batch and append its frames."""
+        """Decode a block of latents [B, F, C, H, W] of the open batch and queue its frames."""
         t0 = time.perf_counter()
-        streams, decode, writers = self._batch
+        streams, decode, writers, pool, pending = self._batch
         with torch.no_grad():
             pixels = decode(latents.to(self.device)).float().cpu()  # [B, f, 3, h, w]
-        for i, stream in enumerate(streams):
-            if writers:
-                writers[i].append(to_uint8_frames(pixels[i], self.scale))
-            if self.keep_pixels:
+        if self.keep_pixels:
+            for i, stream in enumerate(streams):
                 self.pixels.setdefault(stream, []).append(pixels[i])
-        now = time.perf_counter()
+        if writers:
+            pending.append(pool.submit(self._write, writers, pixels))
+            if len(pending) > 2:  # bounded: at most two blocks wait for the encoder
+                pending.pop(0).result()
+        self.seconds += time.perf_counter() - t0
+
+    def _write(self, writers: list, pixels: Tensor) -> None:
+        for writer, frames in zip(writers, pixels):
+            writer.append(to_uint8_frames(frames, self.scale))
         if self.first_frame_seconds is None:
-            self.first_frame_seconds = now - self._started
-        self.seconds += now - t0
+            self.first_frame_seconds = time.perf_counter() - self._started
+
+    def _drain(self) -> None:
+        t0 = time.perf_counter()
+        for future in self._batch[4]:
+            future.result()
+        self._batch[4].clear()
+        self.seconds += time.perf_counter() - t0
 
     def stacked(self) -> Tensor:
         """Kept pixels of every stream [S, T, 3, h, w]."""

@@ -162,3 +162,25 @@ def test_example_run_configs_validate():
     assert run_configs
     for path in run_configs:
         load_config(path)
+
+
+def test_interrupted_run_keeps_playable_partial_videos_only(tmp_path, monkeypatch):
+    av = pytest.importorskip("av")
+    from lrag_adapters.tiny.backbone import TinyBackbone
+
+    recache, calls = TinyBackbone.recache, []
+
+    def interrupted(self, *args):
+        calls.append(1)
+        if len(calls) == 8:  # after the warm-up (3 blocks) and 4 blocks of the run
+            raise KeyboardInterrupt
+        return recache(self, *args)
+
+    monkeypatch.setattr(TinyBackbone, "recache", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        lrag_framework.run(small_config(tmp_path, output={"root": str(tmp_path / "runs"),
+                                                          "name": "cut", "fps": 4}))
+    videos = sorted((tmp_path / "runs" / "cut").rglob("*.mp4"))
+    assert [v.name for v in videos] == [".stream_000.partial.mp4", ".stream_001.partial.mp4"]
+    with av.open(str(videos[0])) as container:  # what was generated is on disk and plays
+        assert sum(1 for _ in container.decode(video=0)) == 4 * 3
