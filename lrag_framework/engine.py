@@ -78,49 +78,49 @@ class Engine:
         if n_prefix > num_frames:
             raise ValueError(f"prefix of {n_prefix} frames is longer than num_frames {num_frames}")
         memory = KVMemory(spec, b, num_frames, g.window + g.block, self.opt.budget_bytes,
-                          self.opt.policy, self.device, self.opt.storage, self.opt.tier)
+                          self.opt.policy, self.device, self.opt.storage, self.opt.tier, g.sink)
         out = torch.zeros((b, num_frames, *shape), device=self.device)
         ts = self.backbone.timesteps()
-        cond = cond.aligned(self._block_starts(num_frames, n_prefix))
+        starts = self._block_starts(num_frames, n_prefix)
+        cond = cond.aligned(starts)
         switches = set(cond.switch_frames)
         segments = cond.segments(torch.arange(num_frames)).expand(b, -1)  # [B, T]
         if self.retrieving:
             self.retriever.reset()
-        query, log = None, []
+        log, retrieved = [], [[] for _ in range(b)]  # the first block retrieves nothing
         clock = {"denoise": 0.0, "recache": 0.0, "retrieval": 0.0, "plan_gather": 0.0}
-        start = 0
-        while start < num_frames:
-            size = min(g.block, (n_prefix - start) if start < n_prefix else num_frames - start)
+        for i, start in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else num_frames
             if start in switches and start > 0:
-                self._recache_window(out, cond, memory, start, size)
-            t0 = time.perf_counter()
-            retrieved, entry = self._retrieve(query, memory, start, segments)
+                self._recache_window(out, cond, memory, start, end - start)
             t1 = time.perf_counter()
-            prepared = self._prepare(memory, start, size, retrieved)
+            prepared = self._prepare(memory, start, end - start, retrieved)
             t2 = time.perf_counter()
             if start < n_prefix:
-                clean = prefix[:, start:start + size].to(self.device, torch.float32)
+                clean = prefix[:, start:end].to(self.device, torch.float32)
             else:
-                init = None if initial_noise is None else initial_noise[:, start:start + size]
-                clean = self._denoise(cond, prepared, generators, ts, size, init)
+                init = None if initial_noise is None else initial_noise[:, start:end]
+                clean = self._denoise(cond, prepared, generators, ts, end - start, init)
             t3 = time.perf_counter()
-            kv = self.backbone.recache(clean, cond, prepared)
-            memory.write(start, kv, droppable_below=g.first_cached(start + size, g.block),
-                         keep=g.sink)
-            out[:, start:start + size] = clean.float()
+            memory.reserve(start, end - start, droppable_below=g.first_cached(end, g.block),
+                           keep=g.sink)
+            if self.retrieving and end < num_frames:  # the next block's context, known now:
+                query = self._index(clean, start)  # its copy overlaps this block's recache
+                retrieved, entry = self._retrieve(query, memory, end, segments)
+                after = starts[i + 2] if i + 2 < len(starts) else num_frames
+                memory.prefetch(plan_block(g, end, after - end, retrieved).frame_ids, end)
+                if entry is not None:
+                    log.append(entry)
             t4 = time.perf_counter()
-            if self.retrieving:
-                query = self._index(clean, start)
+            memory.store(start, self.backbone.recache(clean, cond, prepared))
+            out[:, start:end] = clean.float()
             t5 = time.perf_counter()
-            clock["retrieval"] += (t1 - t0) + (t5 - t4)
+            clock["retrieval"] += t4 - t3
             clock["plan_gather"] += t2 - t1
             clock["denoise"] += t3 - t2
-            clock["recache"] += t4 - t3
-            if entry is not None:
-                log.append(entry)
-            start += size
+            clock["recache"] += t5 - t4
             if on_block:
-                on_block(start, clean)
+                on_block(end, clean)
         mem = {"kv_pool_bytes": memory.bytes, "kv_frame_bytes": memory.frame_bytes,
                "kv_capacity_frames": memory.capacity, "kv_dropped_frames": memory.dropped}
         return Generation(out.cpu(), log, clock, mem)
@@ -133,12 +133,12 @@ class Engine:
                          else num_frames - start)
         return starts
 
-    def _retrieve(self, query: Tensor | None, memory: KVMemory, start: int,
+    def _retrieve(self, query: Tensor, memory: KVMemory, start: int,
                   segments: Tensor) -> tuple[list[list[int]], dict | None]:
         """Top-K of the eligible frames for each stream; ``segments`` [B, T]: prompt segment of
         every frame (retrieval stays inside the current one unless ``cross_segments``)."""
         b = segments.shape[0]
-        if not self.retrieving or query is None:
+        if not self.retrieving:
             return [[] for _ in range(b)], None
         mask = self.g.eligible(start, memory.has_kv()).expand(b, -1)  # [B, T]
         if not self.opt.cross_segments:
@@ -161,7 +161,7 @@ class Engine:
     def _prepare(self, memory: KVMemory, start: int, size: int, retrieved: list[list[int]],
                  cond_frame: int | None = None):
         plan = plan_block(self.g, start, size, retrieved)
-        ctx = Context(kv=memory.gather(plan.frame_ids), frame_ids=plan.frame_ids,
+        ctx = Context(kv=memory.gather(plan.frame_ids, start), frame_ids=plan.frame_ids,
                       positions=plan.positions, roles=plan.roles, valid=plan.valid,
                       block_start=start, block_positions=plan.block_positions,
                       cond_frame=cond_frame)

@@ -1,8 +1,9 @@
 """History K/V memory: every frame's K/V written once (at its recache pass) into a preallocated
 pool, gathered once per block for the planned context, under a byte budget.
 
-Layout: ``pool [L, 2, B, capacity, N, Hh, Dh]``; ``slot_of[frame]`` maps a frame id (shared by the
-streams of a batch, which advance in lockstep) to its pool slot, -1 when its K/V is not held.
+Layout, frame-major: ``pool [B * capacity, L, 2, N, Hh, Dh]``, so one frame of one stream is one
+contiguous block (one copy moves it between tiers). ``slot_of[frame]`` maps a frame id (shared by
+the streams of a batch, which advance in lockstep) to its pool slot, -1 when its K/V is not held.
 When history outgrows the budget, a policy picks evicted frames whose K/V is dropped (they stay
 indexed by the retriever but become ineligible): ``thin`` drops, among the droppable frames, those
 closest to their previous held neighbour, so the frames that keep K/V stay spread evenly over the
@@ -10,8 +11,11 @@ whole history at a density that halves as it grows (neighbouring frames are near
 retrieval); ``drop_oldest`` keeps only the most recent history; ``error`` refuses to start.
 
 Storage: the backbone's K/V dtype, or ``float8`` (e4m3, one float32 scale per frame, layer and
-K/V: half the bytes of bf16). Tier: the compute device, or ``cpu`` (pinned host memory when the
-compute device is a GPU); the gathered context then travels to the compute device once per block.
+K/V: half the bytes of bf16). Tier ``auto``: the pool lives on the compute device. Tier ``cpu``:
+the pool lives in host memory (pinned when computing on a GPU) and a small device ring keeps the
+sink and the most recent ``recent`` frames, so a block's local context never crosses the bus;
+only retrieved frames do, copied by ``prefetch`` on a side stream as soon as the engine knows
+them (while the previous block's recache pass runs).
 """
 from __future__ import annotations
 
@@ -38,14 +42,57 @@ def frame_bytes(spec: BackboneSpec, streams: int, storage: str = "auto") -> int:
 
 
 def dequantize(values: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
-    """float8 K/V [L, 2, B, F, N, Hh, Dh] with scales [L, 2, B, F] -> ``dtype``."""
+    """float8 K/V [..., N, Hh, Dh] with scales [...] -> ``dtype``."""
     return (values.float() * scale[..., None, None, None]).to(dtype)
+
+
+class FrameStore:
+    """``rows`` frame rows [rows, L, 2, N, Hh, Dh] (+ float8 scales [rows, L, 2]) on a device."""
+
+    def __init__(self, rows: int, frame_shape: tuple, dtype: torch.dtype, fp8: bool,
+                 device: torch.device, pin: bool):
+        self.values = torch.zeros((rows, *frame_shape), dtype=FP8 if fp8 else dtype,
+                                  device=device, pin_memory=pin)
+        self.scale = torch.ones((rows, *frame_shape[:2]), device=device, pin_memory=pin) \
+            if fp8 else None
+
+    def put(self, rows: Tensor, values: Tensor, scale: Tensor | None) -> None:
+        """Write frame rows (``values`` [n, L, 2, ...] on any device) at row indices [n]."""
+        if self.values.device == values.device:
+            rows = rows.to(values.device)
+            self.values[rows] = values
+            if scale is not None:
+                self.scale[rows] = scale
+            return
+        for i, row in enumerate(rows.tolist()):  # device -> pinned host: async, row by row
+            self.values[row].copy_(values[i], non_blocking=True)
+            if scale is not None:
+                self.scale[row].copy_(scale[i], non_blocking=True)
+
+    def take(self, rows: Tensor, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        """Rows [n] -> values [n, L, 2, ...] and scales on ``device`` (one copy per row when
+        crossing from host to device, issued on the current stream)."""
+        if self.values.device == device:
+            rows = rows.to(device)
+            scale = None if self.scale is None else self.scale.index_select(0, rows)
+            return self.values.index_select(0, rows), scale
+        values = torch.empty((len(rows), *self.values.shape[1:]), dtype=self.values.dtype,
+                             device=device)
+        scale = None if self.scale is None else torch.empty(
+            (len(rows), *self.scale.shape[1:]), device=device)
+        for i, row in enumerate(rows.tolist()):
+            values[i].copy_(self.values[row], non_blocking=True)
+            if scale is not None:
+                scale[i].copy_(self.scale[row], non_blocking=True)
+        return values, scale
 
 
 class KVMemory:
     def __init__(self, spec: BackboneSpec, streams: int, total_frames: int, min_frames: int,
                  budget_bytes: float, policy: str, device: torch.device, storage: str = "auto",
-                 tier: str = "auto"):
+                 tier: str = "auto", sink: int = 0):
+        """``min_frames``: frames that must fit (window + block), also the recent frames the
+        device ring of tier ``cpu`` keeps besides the ``sink``."""
         self.frame_bytes = frame_bytes(spec, streams, storage)
         need = total_frames * self.frame_bytes
         capacity = min(total_frames, int(budget_bytes // self.frame_bytes))
@@ -58,19 +105,23 @@ class KVMemory:
                 f"{need / gib:.2f} GiB ({self.frame_bytes / 2**20:.1f} MiB per frame), over the "
                 f"budget of {budget_bytes / gib:.2f} GiB (policy {policy}, at least {min_frames} "
                 f"frames must fit): {hint}")
-        self.capacity, self.policy = capacity, policy
+        self.capacity, self.policy, self.streams = capacity, policy, streams
         self.device, self.kv_dtype = torch.device(device), spec.kv_dtype
+        fp8 = storage == "float8"
+        frame = (spec.num_layers, 2, spec.tokens_per_frame, spec.num_heads, spec.head_dim)
         home = torch.device("cpu") if tier == "cpu" else self.device
         pin = home.type == "cpu" and self.device.type == "cuda"
-        shape = (spec.num_layers, 2, streams, capacity, spec.tokens_per_frame, spec.num_heads,
-                 spec.head_dim)
-        dtype = FP8 if storage == "float8" else spec.kv_dtype
-        self.pool = torch.zeros(shape, dtype=dtype, device=home, pin_memory=pin)
-        self.scale = (torch.ones(shape[:4], device=home, pin_memory=pin)
-                      if storage == "float8" else None)  # [L, 2, B, capacity]
+        self.pool = FrameStore(streams * capacity, frame, spec.kv_dtype, fp8, home, pin)
+        self.ring = None  # tier cpu: sink + recent frames on the compute device
+        if tier == "cpu":
+            self.sink, self.recent = sink, min_frames
+            self.ring = FrameStore(streams * (sink + min_frames), frame, spec.kv_dtype, fp8,
+                                   self.device, False)
         self._dequantize = dequantize
-        if storage == "float8" and self.device.type == "cuda":  # one fused kernel
+        if fp8 and self.device.type == "cuda":  # one fused kernel
             self._dequantize = torch.compile(dequantize, dynamic=True)
+        self.side = torch.cuda.Stream(self.device) if pin else None
+        self.staged = None  # (key, values, scale, event) of the last prefetch
         self.slot_of = torch.full((total_frames,), -1, dtype=torch.long)
         self.owner = torch.full((capacity,), -1, dtype=torch.long)  # frame held by each slot
         self.dropped = 0
@@ -82,7 +133,11 @@ class KVMemory:
     def has_kv(self) -> Tensor:
         return self.slot_of >= 0
 
-    def _allocate(self, frames: Tensor, droppable_below: int, keep: int) -> Tensor:
+    # -- slots ------------------------------------------------------------------------------
+    def reserve(self, start: int, count: int, droppable_below: int, keep: int) -> None:
+        """Give frames [start, start+count) pool slots (kept if held), dropping K/V by the policy
+        if the pool is full: frames in [keep, droppable_below) may go (sink and window not)."""
+        frames = torch.arange(start, start + count)
         slots = self.slot_of[frames].clone()
         missing = slots < 0
         free = (self.owner < 0).nonzero().flatten()
@@ -99,7 +154,6 @@ class KVMemory:
         slots[missing] = free[:need]
         self.slot_of[frames] = slots
         self.owner[slots] = frames
-        return slots
 
     def _victims(self, count: int, droppable_below: int, keep: int) -> Tensor:
         held = self.owner[self.owner >= 0].sort().values
@@ -115,33 +169,97 @@ class KVMemory:
                 (droppable[:i], droppable[i + 1:]))
         return torch.stack(victims) if victims else held[:0]
 
-    def write(self, start: int, kv: Tensor, droppable_below: int, keep: int) -> None:
-        """Store K/V ``[L, 2, B, F, N, Hh, Dh]`` of frames [start, start+F) (overwrites if held).
+    def _rows(self, frames: Tensor, slots: Tensor, capacity: int) -> Tensor:
+        """Frames [F] at slots [F] -> rows of every stream [B * F], stream-major."""
+        return (torch.arange(self.streams)[:, None] * capacity + slots[None]).flatten()
 
-        Frames in [keep, droppable_below) may be dropped to make room (sink and window are not).
-        """
+    def _ring_slot(self, frames: Tensor) -> Tensor:
+        return torch.where(frames < self.sink, frames,
+                           self.sink + (frames - self.sink) % self.recent)
+
+    # -- data -------------------------------------------------------------------------------
+    def store(self, start: int, kv: Tensor) -> None:
+        """K/V ``[L, 2, B, F, N, Hh, Dh]`` of frames [start, start+F), slots already reserved."""
         frames = torch.arange(start, start + kv.shape[3])
-        slots = self._allocate(frames, droppable_below, keep).to(self.pool.device)
-        kv = kv.to(self.pool.device)
-        if self.scale is not None:
+        scale = None
+        if self.pool.scale is not None:
             scale = kv.float().abs().amax(dim=(4, 5, 6)).clamp(min=1e-12) / FP8_MAX  # [L,2,B,F]
-            self.scale[:, :, :, slots] = scale
-            kv = kv.float() / scale[..., None, None, None]
-        self.pool[:, :, :, slots] = kv.to(self.pool.dtype)
+            kv = (kv.float() / scale[..., None, None, None]).to(FP8)
+            scale = scale.permute(2, 3, 0, 1).flatten(0, 1)  # [B*F, L, 2]
+        values = kv.permute(2, 3, 0, 1, 4, 5, 6).flatten(0, 1).contiguous()  # [B*F, L, 2, ...]
+        self.pool.put(self._rows(frames, self.slot_of[frames], self.capacity), values, scale)
+        if self.ring is not None:
+            rows = self._rows(frames, self._ring_slot(frames), self.sink + self.recent)
+            self.ring.put(rows, values, scale)
 
-    def gather(self, frame_ids: Tensor) -> Tensor:
-        """K/V of planned frames ``[B, F]`` -> [L, 2, B, F, N, Hh, Dh] on the compute device in
-        the backbone's dtype; padding (-1) reads slot 0, which is finite (the pool starts zeroed)
-        and masked out by ``Context.valid``."""
-        layers, two, b, cap = self.pool.shape[:4]
-        slots = torch.where(frame_ids >= 0, self.slot_of[frame_ids.clamp(min=0)], 0)
-        if bool((slots < 0).any()):
+    def write(self, start: int, kv: Tensor, droppable_below: int, keep: int) -> None:
+        """``reserve`` then ``store`` (overwrites frames already held)."""
+        self.reserve(start, kv.shape[3], droppable_below, keep)
+        self.store(start, kv)
+
+    def _split(self, frame_ids: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """Planned ids [B, F] -> whether each is read from the ring [B, F], and pool slots."""
+        ids = frame_ids.clamp(min=0)  # padding (-1) reads slot 0: finite, masked by valid
+        in_ring = torch.zeros_like(ids, dtype=torch.bool)
+        if self.ring is not None:
+            in_ring = (ids < self.sink) | (ids >= start - self.recent)
+        slots = torch.where(frame_ids >= 0, self.slot_of[ids], 0)
+        if bool((slots[~in_ring] < 0).any()):
             raise RuntimeError("planned a frame whose K/V is not held (engine bug)")
-        flat = (torch.arange(b)[:, None] * cap + slots).flatten().to(self.pool.device)
-        f = frame_ids.shape[1]
-        out = self.pool.view(layers, two, b * cap, *self.pool.shape[4:]).index_select(2, flat)
-        out = out.view(layers, two, b, f, *self.pool.shape[4:]).to(self.device, non_blocking=True)
-        if self.scale is None:
+        return in_ring, slots
+
+    def _pool_rows(self, frame_ids: Tensor, in_ring: Tensor, slots: Tensor) -> Tensor:
+        b = torch.arange(frame_ids.shape[0])[:, None].expand_as(frame_ids)
+        return (b * self.capacity + slots)[~in_ring]
+
+    def prefetch(self, frame_ids: Tensor, start: int) -> None:
+        """Start copying the pool frames that ``gather(frame_ids, start)`` will need from the
+        host to the device on a side stream (tier ``cpu`` on a GPU; otherwise nothing)."""
+        if self.side is None:
+            return
+        in_ring, slots = self._split(frame_ids, start)
+        rows = self._pool_rows(frame_ids, in_ring, slots)
+        self.side.wait_stream(torch.cuda.current_stream(self.device))  # stored frames first
+        with torch.cuda.stream(self.side):
+            values, scale = self.pool.take(rows, self.device)
+        event = torch.cuda.Event()
+        event.record(self.side)
+        self.staged = (tuple(rows.tolist()), values, scale, event)
+
+    def gather(self, frame_ids: Tensor, start: int | None = None) -> Tensor:
+        """K/V of planned frames ``[B, F]`` for the block at ``start`` -> [L, 2, B, F, N, Hh, Dh]
+        on the compute device in the backbone's dtype (a view of frame-major rows)."""
+        b, f = frame_ids.shape
+        in_ring, slots = self._split(frame_ids, start if start is not None else 0)
+        rows = self._pool_rows(frame_ids, in_ring, slots)
+        if self.staged is not None and self.staged[0] == tuple(rows.tolist()):
+            _, values, scale, event = self.staged
+            torch.cuda.current_stream(self.device).wait_event(event)
+            for t in (values, scale) if scale is not None else (values,):
+                t.record_stream(torch.cuda.current_stream(self.device))
+        else:
+            values, scale = self.pool.take(rows, self.device)
+        self.staged = None
+        if self.ring is not None and bool(in_ring.any()):
+            ring_rows = (torch.arange(b)[:, None] * (self.sink + self.recent)
+                         + self._ring_slot(frame_ids.clamp(min=0)))[in_ring]
+            ring_values, ring_scale = self.ring.take(ring_rows, self.device)
+            values, scale = self._merge(in_ring, ring_values, ring_scale, values, scale)
+        out = values.view(b, f, *values.shape[1:]).permute(2, 3, 0, 1, 4, 5, 6)
+        if scale is None:
             return out
-        scale = self.scale.view(layers, two, b * cap).index_select(2, flat).view(layers, two, b, f)
-        return self._dequantize(out, scale.to(self.device, non_blocking=True), self.kv_dtype)
+        return self._dequantize(out, scale.view(b, f, *scale.shape[1:]).permute(2, 3, 0, 1),
+                                self.kv_dtype)
+
+    @staticmethod
+    def _merge(in_ring: Tensor, ring_values: Tensor, ring_scale: Tensor | None,
+               pool_values: Tensor, pool_scale: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Interleave ring rows and pool rows back into planned order [B * F, ...]."""
+        mask = in_ring.flatten().to(ring_values.device)
+        values = ring_values.new_empty((len(mask), *ring_values.shape[1:]))
+        values[mask], values[~mask] = ring_values, pool_values
+        if ring_scale is None:
+            return values, None
+        scale = ring_scale.new_empty((len(mask), *ring_scale.shape[1:]))
+        scale[mask], scale[~mask] = ring_scale, pool_scale
+        return values, scale

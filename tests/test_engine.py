@@ -245,3 +245,33 @@ def test_thin_policy_keeps_an_even_spread_of_the_whole_history():
     old = held[(held > 0) & (held < total - 9)]
     gaps = torch.diff(old)
     assert old[0] <= 8 and int(gaps.max()) <= 2 * int(gaps.min()) + 2  # spread, not a prefix
+
+
+@pytest.mark.parametrize("storage", ["auto", "float8"])
+def test_host_tier_with_device_ring_gives_the_same_video(backbone, storage):
+    """Tier cpu reads sink and recent frames from the ring and retrieved ones from the pool:
+    the same numbers as the single device pool, with frames dropped by the thin policy too."""
+    cond = backbone.encode_conditioning([None, None], 36)
+    budget = frame_bytes(backbone.spec, 2, storage) * 20
+    runs = [make_engine(backbone, k=3, storage=storage, tier=tier, budget_bytes=budget)
+            .generate(cond, gens(), 36) for tier in ("auto", "cpu")]
+    assert runs[0].memory["kv_dropped_frames"] > 0
+    assert any(any(ids) for e in runs[0].log for ids in e["ids"])
+    assert runs[0].log == runs[1].log
+    assert torch.equal(runs[0].latents, runs[1].latents)
+
+
+def test_host_tier_gathers_ring_and_pool_rows_in_planned_order():
+    spec = TinyBackbone(SMALL).spec
+    memory = KVMemory(spec, 2, 30, 6, 2 ** 30, "error", torch.device("cpu"), tier="cpu", sink=1)
+    gen = torch.Generator().manual_seed(0)
+    kv = torch.randn((spec.num_layers, 2, 2, 30, spec.tokens_per_frame, spec.num_heads,
+                      spec.head_dim), generator=gen)
+    for start in range(0, 30, 3):
+        memory.write(start, kv[:, :, :, start:start + 3], droppable_below=0, keep=0)
+    ids = torch.tensor([[0, 4, 11, 25, 28, -1], [0, 7, 2, 26, 29, 27]])  # ring: 0, >= 24
+    out = memory.gather(ids, start=30)
+    for s in range(2):
+        for j, frame in enumerate(ids[s].tolist()):
+            if frame >= 0:
+                assert torch.equal(out[:, :, s, j], kv[:, :, s, frame])
