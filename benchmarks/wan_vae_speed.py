@@ -39,8 +39,7 @@ def main() -> None:
     latents = torch.randn(1, 16, 3, h, w, device=device, dtype=dtype)
     settings = [("eager", lambda: None)]
     if cuda:
-        settings += [("cudnn.benchmark", lambda: setattr(torch.backends.cudnn, "benchmark", True)),
-                     ("+ channels_last_3d", lambda: vae.to(memory_format=torch.channels_last_3d))]
+        settings += [("cudnn.benchmark", lambda: setattr(torch.backends.cudnn, "benchmark", True))]
     print(f"# wan_vae_speed: {torch.cuda.get_device_name() if cuda else 'cpu'}, {dtype}, "
           f"latents {h}x{w}, blocks of 3\n")
     print("| setting | s per latent frame | video frames/s |")

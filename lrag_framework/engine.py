@@ -77,8 +77,10 @@ class Engine:
         n_prefix = 0 if prefix is None else prefix.shape[1]
         if n_prefix > num_frames:
             raise ValueError(f"prefix of {n_prefix} frames is longer than num_frames {num_frames}")
+        t0 = time.perf_counter()
         memory = KVMemory(spec, b, num_frames, g.window + g.block, self.opt.budget_bytes,
                           self.opt.policy, self.device, self.opt.storage, self.opt.tier, g.sink)
+        setup = time.perf_counter() - t0
         out = torch.zeros((b, num_frames, *shape), device=self.device)
         ts = self.backbone.timesteps()
         starts = self._block_starts(num_frames, n_prefix)
@@ -88,7 +90,8 @@ class Engine:
         if self.retrieving:
             self.retriever.reset()
         log, retrieved = [], [[] for _ in range(b)]  # the first block retrieves nothing
-        clock = {"denoise": 0.0, "recache": 0.0, "retrieval": 0.0, "plan_gather": 0.0}
+        clock = {"denoise": 0.0, "recache": 0.0, "retrieval": 0.0, "plan_gather": 0.0,
+                 "memory_setup": setup}
         for i, start in enumerate(starts):
             end = starts[i + 1] if i + 1 < len(starts) else num_frames
             if start in switches and start > 0:

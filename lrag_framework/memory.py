@@ -19,6 +19,8 @@ them (while the previous block's recache pass runs).
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
@@ -46,13 +48,41 @@ def dequantize(values: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     return (values.float() * scale[..., None, None, None]).to(dtype)
 
 
+_pinned: dict = {}  # the last page-locked host buffer, kept for the next run of the same size
+
+
+def pinned_empty(shape: tuple, dtype: torch.dtype) -> Tensor:
+    """Page-locked host memory of exactly ``shape`` (torch's pinned allocator rounds a request
+    up to a power of two: a 64 GiB pool would lock 128 GiB). Registered with CUDA once and kept
+    for the next pool of the same shape (a run's native and retrieval modes, its batches)."""
+    key = (tuple(shape), dtype)
+    if key not in _pinned:
+        _pinned.clear()  # unregisters the previous buffer (finalizer below)
+        buffer = torch.empty(shape, dtype=dtype)
+        cudart = torch.cuda.cudart()
+        err = cudart.cudaHostRegister(buffer.data_ptr(), buffer.numel() * buffer.element_size(), 0)
+        if int(err) != 0:
+            raise MemoryBudgetError(f"cannot page-lock {buffer.nbytes / 2 ** 30:.1f} GiB of host "
+                                    f"memory for the K/V pool (CUDA error {int(err)}): lower "
+                                    f"memory.budget_gb or use memory.storage=float8")
+        weakref.finalize(buffer, cudart.cudaHostUnregister, buffer.data_ptr())
+        _pinned[key] = buffer
+    return _pinned[key]
+
+
 class FrameStore:
-    """``rows`` frame rows [rows, L, 2, N, Hh, Dh] (+ float8 scales [rows, L, 2]) on a device."""
+    """``rows`` frame rows [rows, L, 2, N, Hh, Dh] (+ float8 scales [rows, L, 2]) on a device.
+    Rows are only read after being written, except padding reads of row 0 of each stream,
+    which ``zero_rows`` makes finite."""
 
     def __init__(self, rows: int, frame_shape: tuple, dtype: torch.dtype, fp8: bool,
-                 device: torch.device, pin: bool):
-        self.values = torch.zeros((rows, *frame_shape), dtype=FP8 if fp8 else dtype,
-                                  device=device, pin_memory=pin)
+                 device: torch.device, pin: bool, zero_rows: Tensor):
+        dtype = FP8 if fp8 else dtype
+        if pin:
+            self.values = pinned_empty((rows, *frame_shape), dtype)
+            self.values[zero_rows] = torch.zeros((), dtype=torch.float32).to(dtype)
+        else:
+            self.values = torch.zeros((rows, *frame_shape), dtype=dtype, device=device)
         self.scale = torch.ones((rows, *frame_shape[:2]), device=device, pin_memory=pin) \
             if fp8 else None
 
@@ -111,12 +141,13 @@ class KVMemory:
         frame = (spec.num_layers, 2, spec.tokens_per_frame, spec.num_heads, spec.head_dim)
         home = torch.device("cpu") if tier == "cpu" else self.device
         pin = home.type == "cpu" and self.device.type == "cuda"
-        self.pool = FrameStore(streams * capacity, frame, spec.kv_dtype, fp8, home, pin)
+        firsts = torch.arange(streams) * capacity
+        self.pool = FrameStore(streams * capacity, frame, spec.kv_dtype, fp8, home, pin, firsts)
         self.ring = None  # tier cpu: sink + recent frames on the compute device
         if tier == "cpu":
             self.sink, self.recent = sink, min_frames
             self.ring = FrameStore(streams * (sink + min_frames), frame, spec.kv_dtype, fp8,
-                                   self.device, False)
+                                   self.device, False, firsts)
         self._dequantize = dequantize
         if fp8 and self.device.type == "cuda":  # one fused kernel
             self._dequantize = torch.compile(dequantize, dynamic=True)
