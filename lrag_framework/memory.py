@@ -15,7 +15,8 @@ K/V: half the bytes of bf16). Tier ``auto``: the pool lives on the compute devic
 the pool lives in host memory (pinned when computing on a GPU) and a small device ring keeps the
 sink and the most recent ``recent`` frames, so a block's local context never crosses the bus;
 only retrieved frames do, copied by ``prefetch`` on a side stream as soon as the engine knows
-them (while the previous block's recache pass runs).
+them (while the previous block's recache pass runs); new frames go to the host on the same side
+stream, overlapping the next block.
 """
 from __future__ import annotations
 
@@ -218,7 +219,15 @@ class KVMemory:
             kv = (kv.float() / scale[..., None, None, None]).to(FP8)
             scale = scale.permute(2, 3, 0, 1).flatten(0, 1)  # [B*F, L, 2]
         values = kv.permute(2, 3, 0, 1, 4, 5, 6).flatten(0, 1).contiguous()  # [B*F, L, 2, ...]
-        self.pool.put(self._rows(frames, self.slot_of[frames], self.capacity), values, scale)
+        rows = self._rows(frames, self.slot_of[frames], self.capacity)
+        if self.side is None:
+            self.pool.put(rows, values, scale)
+        else:  # device -> host on the side stream, overlapping the next block's passes
+            self.side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.side):
+                self.pool.put(rows, values, scale)
+            for t in (values, scale) if scale is not None else (values,):
+                t.record_stream(self.side)
         if self.ring is not None:
             rows = self._rows(frames, self._ring_slot(frames), self.sink + self.recent)
             self.ring.put(rows, values, scale)
@@ -269,6 +278,8 @@ class KVMemory:
             for t in (values, scale) if scale is not None else (values,):
                 t.record_stream(torch.cuda.current_stream(self.device))
         else:
+            if self.side is not None:  # rows stored on the side stream must have landed
+                torch.cuda.current_stream(self.device).wait_stream(self.side)
             values, scale = self.pool.take(rows, self.device)
         self.staged = None
         if self.ring is not None and bool(in_ring.any()):

@@ -255,11 +255,11 @@ def _report(run_dir: Path, cfg: RunConfig, g: Geometry, pixels: dict, logs: dict
 def _warm_up(cfg: RunConfig, comps: Components, g: Geometry) -> None:
     """Discarded blocks until the window is full (every context size the run will see, with the
     run's memory storage), so one-time costs (kernels, allocator, compilation) stay out of the
-    timings."""
+    timings. Always on a device pool: a host pool is page-locked once, for the run's size."""
     m = cfg.memory
     engine = Engine(comps.backbone, None, None, EngineOptions(
         Geometry(g.block, g.window, g.sink), retrieval=False, budget_bytes=m.budget_gb * 2 ** 30,
-        storage=m.storage, tier=m.tier), comps.device)
+        storage=m.storage), comps.device)
     frames = min(cfg.generation.num_frames, g.window + g.block)
     cond = comps.backbone.encode_conditioning(cfg.conditionings[:1], cfg.generation.num_frames)
     engine.generate(cond, [stream_generator(0, 0)], frames)

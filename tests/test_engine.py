@@ -275,3 +275,20 @@ def test_host_tier_gathers_ring_and_pool_rows_in_planned_order():
         for j, frame in enumerate(ids[s].tolist()):
             if frame >= 0:
                 assert torch.equal(out[:, :, s, j], kv[:, :, s, frame])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (side-stream copies)")
+@pytest.mark.parametrize("storage", ["auto", "float8"])
+def test_pinned_host_tier_with_prefetch_matches_the_device_pool_on_cuda(storage):
+    backbone = TinyBackbone(SMALL).to("cuda")
+    cond = backbone.encode_conditioning([None, None], 36)
+    budget = frame_bytes(backbone.spec, 2, storage) * 20
+    runs = []
+    for tier in ("auto", "cpu"):
+        g = Geometry(block=3, window=9, sink=1, k=3, recency=1, placement="fill")
+        engine = Engine(backbone, MeanEmbedder(), BruteForce(), EngineOptions(
+            g, storage=storage, tier=tier, budget_bytes=budget), "cuda")
+        runs.append(engine.generate(cond, gens(), 36))
+    assert any(any(ids) for e in runs[0].log for ids in e["ids"])
+    assert runs[0].log == runs[1].log
+    assert torch.equal(runs[0].latents, runs[1].latents)
