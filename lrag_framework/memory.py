@@ -286,7 +286,10 @@ class KVMemory:
             ring_rows = (torch.arange(b)[:, None] * (self.sink + self.recent)
                          + self._ring_slot(frame_ids.clamp(min=0)))[in_ring]
             ring_values, ring_scale = self.ring.take(ring_rows, self.device)
-            values, scale = self._merge(in_ring, ring_values, ring_scale, values, scale)
+            if len(rows):
+                values, scale = self._merge(in_ring, ring_values, ring_scale, values, scale)
+            else:  # the whole context is recent (e.g. no retrieval): no merge copy
+                values, scale = ring_values, ring_scale
         out = values.view(b, f, *values.shape[1:]).permute(2, 3, 0, 1, 4, 5, 6)
         if scale is None:
             return out
