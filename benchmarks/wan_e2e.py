@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--frames", type=int, default=None, help="latent frames (default 120)")
     parser.add_argument("--preset", default="self_forcing")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT layers")
+    parser.add_argument("--eager", dest="compile", action="store_false",
+                        help="no torch.compile (the preset's default compiles on CUDA)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not args.tiny
     if not args.tiny and not cuda:

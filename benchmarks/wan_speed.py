@@ -34,7 +34,7 @@ TINY = {"num_layers": 2, "dim": 64, "num_heads": 4, "ffn_dim": 128, "freq_dim": 
 
 def build_config(preset: str, frames: int, retrieval: bool, tiny: bool, prompt: Path,
                  out_dir: Path, budget_gb: float, storage: str = "auto", tier: str = "auto",
-                 attention: str = "cudnn", compile: bool = False) -> dict:
+                 attention: str = "cudnn", compile: bool = True) -> dict:
     """The run config of one benchmark row (the only place that knows the config's fields)."""
     backbone = {"random_init": True, "attention": attention, "compile": compile,
                 **(TINY if tiny else {})}
@@ -101,7 +101,8 @@ def main() -> None:
                         help="cpu: history K/V in pinned host memory")
     parser.add_argument("--attention", choices=["cudnn", "flash", "default"], default="cudnn",
                         help="preferred SDPA kernel")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the layers")
+    parser.add_argument("--eager", dest="compile", action="store_false",
+                        help="no torch.compile (the preset's default compiles on CUDA)")
     args = parser.parse_args()
     if not args.tiny and not torch.cuda.is_available():
         parser.error("the full-size benchmark needs CUDA; use --tiny for a CPU smoke check")

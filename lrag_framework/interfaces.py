@@ -19,6 +19,11 @@ from torch import Tensor
 ROLE_SINK, ROLE_RETRIEVED, ROLE_LOCAL = 0, 1, 2
 
 
+class ComponentError(ValueError):
+    """A component cannot be built or run as configured (e.g. a checkpoint file is missing or
+    does not match): the user's to fix, so ``lrag`` prints the message without a traceback."""
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """What the engine must know about a backbone to plan and store its context."""

@@ -15,7 +15,9 @@ from torch import Tensor
 
 from .config import ConfigError, RunConfig, apply_overrides, read_config, validate
 from .engine import Engine, EngineOptions, Generation, stream_generator
+from .interfaces import ComponentError
 from .media import side_by_side_files
+from .memory import MemoryBudgetError
 from .outputs import write_json, write_jsonl, write_tensors
 from .plan import Geometry
 from .streaming import VideoStreams
@@ -118,10 +120,14 @@ def _media_prefix(p, path: Path, backbone, streams: int) -> Tensor:
     spec = backbone.spec
     size = spec.pixel_size or tuple(spec.latent_shape[1:])
     stride = spec.frames_per_latent
-    if p.source == "image":
-        pixels = read_image(path, size)[None]  # [1, 3, h, w]
-    else:
-        pixels = read_video(path, size, None if p.frames is None else 1 + stride * (p.frames - 1))
+    try:
+        if p.source == "image":
+            pixels = read_image(path, size)[None]  # [1, 3, h, w]
+        else:
+            pixels = read_video(path, size,
+                                None if p.frames is None else 1 + stride * (p.frames - 1))
+    except ValueError as err:
+        raise ConfigError([f"prefix.path: {err}"]) from None
         pixels = pixels[:1 + (len(pixels) - 1) // stride * stride]  # whole latent frames
     latents = backbone.encode(pixels[None]).float().cpu()  # [1, F, C, H, W]
     return latents.expand(streams, *latents.shape[1:])
@@ -355,8 +361,8 @@ def run_cli(path: str | None, overrides: list[str], compare: bool = False,
                                                                        "path": video}
             extra.append(f"prefix={json.dumps(source)}")
         result = run(path, list(overrides) + extra, progress=True)
-    except (ConfigError, FileExistsError) as err:
-        print(err, file=sys.stderr)
+    except (ConfigError, FileExistsError, ComponentError, MemoryBudgetError) as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     print(format_summary(result.summary))
     print(f"run directory: {result.run_dir}")

@@ -131,3 +131,15 @@ def test_cached_prompts_skip_the_encoder(base, tmp_path, image, monkeypatch):
 
     monkeypatch.setattr(te, "load_umt5", fail)
     lrag_framework.run({**cfg, "output": {**cfg["output"], "name": "again"}})
+
+
+def test_cli_names_a_missing_checkpoint_without_a_traceback(tmp_path, capsys):
+    from lrag_framework.cli import main
+
+    cfg = {"backbone": {"name": "longlive", "params": {"base_dir": str(tmp_path / "nowhere"),
+                                                       "generator_ckpt": str(tmp_path / "g.pt")}},
+           "output": {"root": str(tmp_path)}, "device": "cpu"}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert main(["run", str(tmp_path / "c.json"), "--prompt", CAT]) == 2
+    err = capsys.readouterr().err
+    assert "g.pt not found" in err and "hf download" in err and "Traceback" not in err

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lrag_framework.interfaces import ComponentError
+
 from .model import WanConfig, WanDiT
 from .presets import WAN_BASE_DOWNLOAD, WanParams
 
@@ -31,7 +33,7 @@ CONFIG_FIELDS = ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim
                  "text_len", "eps")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ComponentError):
     """A checkpoint file is missing or does not match the model."""
 
 
