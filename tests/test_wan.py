@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lrag_adapters.wan.backbone import FlowSchedule, WanBackbone
+from lrag_adapters.wan.backbone import WanBackbone
 from lrag_adapters.wan.loading import CheckpointError
 from lrag_adapters.wan.presets import (
     PRESETS,
@@ -13,6 +13,7 @@ from lrag_adapters.wan.presets import (
     LongLiveParams,
     SelfForcingParams,
 )
+from lrag_adapters.wan.schedule import FlowSchedule
 from safetensors.torch import save_file
 
 from lrag_framework.interfaces import ROLE_LOCAL, Context

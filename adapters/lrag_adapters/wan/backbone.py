@@ -1,9 +1,10 @@
-"""The Wan2.1 causal family behind the Backbone contract: prompt-embedding conditioning (with
-segments for prompt switches), few-step flow matching (Self-Forcing's sampler and timestep
-warping), a block-causal DiT attending to the engine's planned context."""
+"""The Wan2.1 causal family behind the Backbone contract: prompt conditioning (texts through the
+umT5 encoder, or embeddings; schedules for prompt switches), few-step flow matching
+(Self-Forcing's sampler and timestep warping), a block-causal DiT attending to the engine's
+planned context, and the VAE for video out and start frames in."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,83 +13,16 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from lrag_framework.interfaces import Backbone, BackboneSpec, Conditioning, Context
+from lrag_framework.interfaces import Backbone, BackboneSpec, Context
 
+from .conditioning import (WanConditioning, as_segment, check_segments, identity_of,
+                           is_segments, read_embedding)
 from .model import WanConfig
 from .presets import WanParams
 from .rope import WanRope, apply_rope
+from .schedule import FlowSchedule
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class FlowSchedule:
-    """Self-Forcing's ``FlowMatchScheduler(shift, sigma_min=0, extra_one_step=True)`` with
-    ``set_timesteps(train_steps)``: sigma_i = shift s / (1 + (shift - 1) s), s = 1 - i / T
-    (float32, as upstream), timestep = 1000-scaled sigma; a timestep maps to the sigma of the
-    nearest table entry (``utils/scheduler.py``), t = 0 to sigma 0."""
-
-    def __init__(self, shift: float, train_steps: int = 1000):
-        self.train_steps = train_steps
-        raw = torch.linspace(1.0, 0.0, train_steps + 1)[:-1]
-        self.sigmas = shift * raw / (1 + (shift - 1) * raw)
-        self.timesteps = self.sigmas * train_steps
-
-    def warp(self, steps: list[float]) -> Tensor:
-        """Self-Forcing ``warp_denoising_step``: ``cat(timesteps, [0])[T - steps]``."""
-        table = torch.cat((self.timesteps, torch.zeros(1)))
-        return table[self.train_steps - torch.tensor(steps, dtype=torch.long)]
-
-    def sigma(self, t: Tensor) -> Tensor:
-        """Timesteps (any shape) -> sigmas (float64, same shape)."""
-        flat = t.detach().double().cpu().reshape(-1)
-        idx = (self.timesteps.double()[None] - flat[:, None]).abs().argmin(dim=1)
-        sigma = torch.where(flat > 0, self.sigmas.double()[idx], 0.0)
-        return sigma.reshape(t.shape)
-
-
-@dataclass
-class WanConditioning(Conditioning):
-    """Prompt segments of a batch of streams; text K/V computed once per distinct prompt."""
-
-    text_kv: Tensor  # [L, 2, P, Lt, Hh, Dh]: cross-attention K (normed) and V per prompt
-    starts: Tensor  # [B, S] long: first frame of each segment, ascending (padding: a huge id)
-    prompts: Tensor  # [B, S] long: prompt index of each segment
-    switch_frames: tuple[int, ...] = ()
-    _cached: tuple[tuple, Tensor] | None = field(default=None, repr=False)
-
-    def prompt_of(self, frames: Tensor) -> Tensor:
-        """Frame ids [B, F] -> index of the prompt active at each frame [B, F]."""
-        segment = (self.starts[:, None, :] <= frames[:, :, None]).sum(-1) - 1
-        return self.prompts.gather(1, segment)
-
-    def segments(self, frames: Tensor) -> Tensor:
-        """Frame ids [F] -> schedule entry in effect at each frame, per stream [B, F]."""
-        return (self.starts[:, None, :] <= frames[None, :, None]).sum(-1) - 1
-
-    def aligned(self, block_starts: list[int]) -> WanConditioning:
-        """Each segment start moved to the first block start at or after it (never later than
-        the last block: a start beyond it never takes effect)."""
-        blocks = torch.tensor(block_starts)
-        idx = torch.searchsorted(blocks, self.starts)
-        far = np.iinfo(np.int64).max
-        starts = torch.where(idx < len(blocks), blocks[idx.clamp(max=len(blocks) - 1)], far)
-        switches = tuple(sorted({int(v) for v in starts.flatten() if 0 < v < far}))
-        return WanConditioning(self.text_kv, starts, self.prompts, switches)
-
-    def cross(self, frames: Tensor) -> Tensor:
-        """Text K/V for frames [B, F]: [L, 2, B, Lt, Hh, Dh] when each stream's frames share a
-        prompt, else [L, 2, B, F, Lt, Hh, Dh]; the last answer is kept for the next block."""
-        idx = self.prompt_of(frames)
-        key = (tuple(idx.shape), tuple(idx.flatten().tolist()))
-        if self._cached is None or self._cached[0] != key:
-            device = self.text_kv.device
-            if bool((idx == idx[:, :1]).all()):
-                kv = self.text_kv.index_select(2, idx[:, 0].to(device))
-            else:
-                kv = self.text_kv.index_select(2, idx.flatten().to(device))
-                kv = kv.unflatten(2, tuple(idx.shape))
-            self._cached = (key, kv)
-        return self._cached[1]
 
 
 @dataclass
@@ -217,8 +151,8 @@ class WanBackbone(Backbone):
         ``[{start, prompt | embedding}, ...]`` (first start 0; a segment applies from its start
         frame on, moved to the next block boundary by the engine)."""
         self._ready()
-        rows = [[_segment(seg) for seg in _check_segments(
-            item if _is_segments(item) else [{"start": 0, "item": item}], num_frames)]
+        rows = [[as_segment(seg) for seg in check_segments(
+            item if is_segments(item) else [{"start": 0, "item": item}], num_frames)]
             for item in items]
         texts = list(dict.fromkeys(seg["prompt"] for row in rows for seg in row
                                    if "prompt" in seg))
@@ -227,7 +161,7 @@ class WanBackbone(Backbone):
         for row in rows:
             entries = []
             for seg in row:
-                key = ("text", seg["prompt"]) if "prompt" in seg else _identity(seg["embedding"])
+                key = ("text", seg["prompt"]) if "prompt" in seg else identity_of(seg["embedding"])
                 if key not in index_of:
                     index_of[key] = len(embeddings)
                     embeddings.append(self._embedding(encoded[seg["prompt"]] if "prompt" in seg
@@ -246,7 +180,7 @@ class WanBackbone(Backbone):
 
     def _embedding(self, item: Any) -> Tensor:
         if isinstance(item, (str, Path)):
-            item = _read_embedding(Path(item))
+            item = read_embedding(Path(item))
         if item is None:
             raise ValueError("wan: a conditioning is a prompt embedding [Lt, text_dim] (T5 "
                              "output), a .safetensors path or segments, got None")
@@ -357,57 +291,3 @@ def attention_backends(choice: str, device: torch.device):
         first.reverse()
     return sdpa_kernel([*first, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH],
                        set_priority=True)
-
-
-def _is_segments(item: Any) -> bool:
-    return isinstance(item, (list, tuple)) and len(item) > 0 and isinstance(item[0], dict)
-
-
-def _check_segments(segments: list[dict], num_frames: int) -> list[dict]:
-    starts = []
-    for seg in segments:
-        if not isinstance(seg, dict) or "start" not in seg or len(seg) != 2 \
-                or not ({"prompt", "embedding", "item"} & set(seg)):
-            raise ValueError(f"wan: a prompt segment is {{start, prompt}} or {{start, "
-                             f"embedding}}, got {seg!r:.200}")
-        starts.append(seg["start"])
-    if starts[0] != 0 or any(not isinstance(s, int) or s < 0 for s in starts) \
-            or starts != sorted(set(starts)) or starts[-1] >= max(num_frames, 1):
-        raise ValueError(f"wan: segment starts must be increasing frame ids from 0 and below "
-                         f"num_frames {num_frames}, got {starts}")
-    return segments
-
-
-def _segment(seg: dict) -> dict:
-    """A checked segment as {start, prompt} or {start, embedding}; a plain item is a prompt
-    text unless it names a .safetensors file."""
-    if "item" not in seg:
-        return seg
-    item = seg["item"]
-    if isinstance(item, str) and not item.endswith(".safetensors"):
-        if not item.strip():
-            raise ValueError("wan: empty prompt text")
-        return {"start": seg["start"], "prompt": item}
-    return {"start": seg["start"], "embedding": item}
-
-
-def _identity(item: Any) -> tuple:
-    """Dedup key of an embedding: its path, or the object (the runner repeats objects)."""
-    if isinstance(item, (str, Path)):
-        return ("path", str(Path(item).resolve()))
-    return ("object", id(item))
-
-
-def _read_embedding(path: Path) -> Tensor:
-    from safetensors.torch import load_file
-
-    if path.suffix != ".safetensors" or not path.is_file():
-        raise ValueError(f"wan: prompt embedding {path}: expected an existing .safetensors file "
-                         f"holding one tensor [Lt, text_dim] (or 'prompt_embeds')")
-    tensors = load_file(str(path))
-    if len(tensors) == 1:
-        return next(iter(tensors.values()))
-    if "prompt_embeds" in tensors:
-        return tensors["prompt_embeds"]
-    raise ValueError(f"wan: prompt embedding {path} holds {sorted(tensors)}; expected one tensor "
-                     f"or 'prompt_embeds'")
