@@ -343,6 +343,19 @@ def test_prompt_segments_switch_and_recache_under_the_new_prompt(bb):
                                bb.recache(x, only_b, bb.prepare(context(2, 1, 3))))
 
 
+def test_schedule_switches_move_to_the_next_block_start(bb):
+    a, b, c = prompt(0), prompt(1), prompt(2)
+    cond = bb.encode_conditioning(
+        [[{"start": 0, "embedding": a}, {"start": 4, "embedding": b},
+          {"start": 5, "embedding": c}],  # two switches inside block [3, 6): c wins at 6
+         [{"start": 0, "embedding": a}, {"start": 11, "embedding": b}]], 12)  # past the last
+    aligned = cond.aligned([0, 1, 3, 6, 9])  # a 1-frame prefix block, then blocks of 3
+    assert aligned.switch_frames == (6,)
+    frames = torch.arange(12)
+    assert aligned.prompt_of(frames.expand(2, -1)).tolist() == [[0] * 6 + [2] * 6, [0] * 12]
+    assert aligned.segments(frames).tolist() == [[0] * 6 + [2] * 6, [0] * 12]
+
+
 # -- sampler ------------------------------------------------------------------------------------
 
 def test_warped_timesteps_match_self_forcing_and_causvid_is_unwarped():
