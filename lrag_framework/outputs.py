@@ -42,13 +42,19 @@ def write_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict |
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
-def to_uint8_frames(pixels: Tensor, scale: int = 1) -> np.ndarray:
-    """Pixels [T, 3, h, w] in [-1, 1] -> uint8 [T, h*scale, w*scale, 3] (even sizes for h264)."""
+def uint8_frames(pixels: Tensor, scale: int = 1) -> Tensor:
+    """Pixels [..., 3, h, w] in [-1, 1] -> uint8 [..., h*scale, w*scale, 3] on their device
+    (cropped to even sizes for h264)."""
     x = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     if scale > 1:
-        x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
-    x = x[:, :, : x.shape[2] // 2 * 2, : x.shape[3] // 2 * 2]
-    return x.permute(0, 2, 3, 1).contiguous().numpy()
+        x = x.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    x = x[..., : x.shape[-2] // 2 * 2, : x.shape[-1] // 2 * 2]
+    return x.movedim(-3, -1).contiguous()
+
+
+def to_uint8_frames(pixels: Tensor, scale: int = 1) -> np.ndarray:
+    """Pixels [T, 3, h, w] in [-1, 1] -> uint8 array [T, h*scale, w*scale, 3]."""
+    return uint8_frames(pixels, scale).cpu().numpy()
 
 
 def side_by_side(*videos: np.ndarray, gap: int = 4) -> np.ndarray:

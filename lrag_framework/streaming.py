@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .media import StreamingVideoWriter
-from .outputs import to_uint8_frames
+from .outputs import uint8_frames
 
 
 class VideoStreams:
@@ -33,7 +33,8 @@ class VideoStreams:
     def batch(self, streams: list[int]):
         """Open the decoder and the writers of one batch; an error inside keeps the partial,
         playable files under their partial names (see ``StreamingVideoWriter``). Encoding and
-        writing run on one background thread, in order, while the next block is generated."""
+        writing run on one background thread, in order, while the next block is generated; on
+        CUDA the decoding too runs beside generation, on a side stream."""
         if self._started is None:
             self._started = time.perf_counter()
         with ExitStack() as stack:
@@ -41,7 +42,9 @@ class VideoStreams:
                 stack.enter_context(StreamingVideoWriter(
                     self.directory / f"stream_{s:03d}.mp4", self.fps)) for s in streams]
             pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="lrag-video"))
-            self._batch = (streams, self.backbone.stream_decoder(), writers, pool, [])
+            side = (torch.cuda.Stream(self.device)
+                    if self.device.type == "cuda" and not self.keep_pixels else None)
+            self._batch = (streams, self.backbone.stream_decoder(), writers, pool, [], side)
             try:
                 yield self
                 self._drain()  # writer errors surface here, before the files are closed
@@ -51,21 +54,35 @@ class VideoStreams:
     def append(self, latents: Tensor) -> None:
         """Decode a block of latents [B, F, C, H, W] of the open batch and queue its frames."""
         t0 = time.perf_counter()
-        streams, decode, writers, pool, pending = self._batch
+        streams, decode, writers, pool, pending, side = self._batch
+        ready = None
         with torch.no_grad():
-            pixels = decode(latents.to(self.device)).float().cpu()  # [B, f, 3, h, w]
-        if self.keep_pixels:
-            for i, stream in enumerate(streams):
-                self.pixels.setdefault(stream, []).append(pixels[i])
+            if side is None:
+                pixels = decode(latents.to(self.device)).float()  # [B, f, 3, h, w]
+                if self.keep_pixels:
+                    for i, stream in enumerate(streams):
+                        self.pixels.setdefault(stream, []).append(pixels[i].cpu())
+                frames = uint8_frames(pixels, self.scale).cpu()  # [B, f, H, W, 3]
+            else:  # decode beside the next block's passes; the writer waits for the copy
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                latents.record_stream(side)
+                with torch.cuda.stream(side):
+                    decoded = uint8_frames(decode(latents), self.scale)
+                    frames = torch.empty(decoded.shape, dtype=torch.uint8, pin_memory=True)
+                    frames.copy_(decoded, non_blocking=True)
+                    ready = torch.cuda.Event()
+                    ready.record(side)
         if writers:
-            pending.append(pool.submit(self._write, writers, pixels))
+            pending.append(pool.submit(self._write, writers, frames, ready))
             if len(pending) > 2:  # bounded: at most two blocks wait for the encoder
                 pending.pop(0).result()
         self.seconds += time.perf_counter() - t0
 
-    def _write(self, writers: list, pixels: Tensor) -> None:
-        for writer, frames in zip(writers, pixels):
-            writer.append(to_uint8_frames(frames, self.scale))
+    def _write(self, writers: list, frames: Tensor, ready) -> None:
+        if ready is not None:
+            ready.synchronize()
+        for writer, video in zip(writers, frames):
+            writer.append(video.numpy())
         if self.first_frame_seconds is None:
             self.first_frame_seconds = time.perf_counter() - self._started
 
