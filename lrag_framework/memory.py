@@ -201,8 +201,9 @@ class KVMemory:
                 (droppable[:i], droppable[i + 1:]))
         return torch.stack(victims) if victims else held[:0]
 
-    def _rows(self, frames: Tensor, slots: Tensor, capacity: int) -> Tensor:
-        """Frames [F] at slots [F] -> rows of every stream [B * F], stream-major."""
+    def _rows(self, slots: Tensor, capacity: int) -> Tensor:
+        """Slots [F] of a store of ``capacity`` slots per stream -> rows of every stream
+        [B * F], stream-major."""
         return (torch.arange(self.streams)[:, None] * capacity + slots[None]).flatten()
 
     def _ring_slot(self, frames: Tensor) -> Tensor:
@@ -219,7 +220,7 @@ class KVMemory:
             kv = (kv.float() / scale[..., None, None, None]).to(FP8)
             scale = scale.permute(2, 3, 0, 1).flatten(0, 1)  # [B*F, L, 2]
         values = kv.permute(2, 3, 0, 1, 4, 5, 6).flatten(0, 1).contiguous()  # [B*F, L, 2, ...]
-        rows = self._rows(frames, self.slot_of[frames], self.capacity)
+        rows = self._rows(self.slot_of[frames], self.capacity)
         if self.side is None:
             self.pool.put(rows, values, scale)
         else:  # device -> host on the side stream, overlapping the next block's passes
@@ -229,7 +230,7 @@ class KVMemory:
             for t in (values, scale) if scale is not None else (values,):
                 t.record_stream(self.side)
         if self.ring is not None:
-            rows = self._rows(frames, self._ring_slot(frames), self.sink + self.recent)
+            rows = self._rows(self._ring_slot(frames), self.sink + self.recent)
             self.ring.put(rows, values, scale)
 
     def write(self, start: int, kv: Tensor, droppable_below: int, keep: int) -> None:
@@ -266,11 +267,11 @@ class KVMemory:
         event.record(self.side)
         self.staged = (tuple(rows.tolist()), values, scale, event)
 
-    def gather(self, frame_ids: Tensor, start: int | None = None) -> Tensor:
+    def gather(self, frame_ids: Tensor, start: int = 0) -> Tensor:
         """K/V of planned frames ``[B, F]`` for the block at ``start`` -> [L, 2, B, F, N, Hh, Dh]
         on the compute device in the backbone's dtype (a view of frame-major rows)."""
         b, f = frame_ids.shape
-        in_ring, slots = self._split(frame_ids, start if start is not None else 0)
+        in_ring, slots = self._split(frame_ids, start)
         rows = self._pool_rows(frame_ids, in_ring, slots)
         if self.staged is not None and self.staged[0] == tuple(rows.tolist()):
             _, values, scale, event = self.staged

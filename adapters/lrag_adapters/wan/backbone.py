@@ -48,6 +48,7 @@ class WanBackbone(Backbone):
         self.rope = WanRope(self.cfg.head_dim, self.cfg.grid)
         self.model = load_dit(params, self.cfg).eval().requires_grad_(False)
         self._vae = None
+        self._text = None  # the TextEncoder, built at the first text prompt
         self._roped_context = roped_context
         self.device = torch.device("cpu")
         self.dtype = DTYPES.get(params.dtype, torch.float32)
@@ -107,17 +108,20 @@ class WanBackbone(Backbone):
 
     def _encode_text(self, prompts: list[str]) -> list[Tensor]:
         """Prompt texts -> umT5 embeddings [Lt, 4096] through the on-disk cache; the encoder is
-        freed as soon as the prompts are encoded."""
+        freed as soon as the prompts are encoded (the files' fingerprints, the cache key, are
+        read once per backbone and device)."""
         from .text_encoder import CHECKPOINT, TOKENIZER_DIR, T5Config, TextEncoder
 
         p = self.params
-        ckpt = None if p.random_init else self._base_file(p.text_encoder_ckpt, CHECKPOINT,
-                                                          "text_encoder_ckpt")
-        encoder = TextEncoder(ckpt, self._base_file(p.tokenizer_dir, TOKENIZER_DIR,
-                                                    "tokenizer_dir"),
-                              T5Config(**p.text_encoder_sizes), self.device,
-                              torch.bfloat16 if self.device.type == "cuda" else torch.float32,
-                              p.prompt_cache, seed=p.init_seed)
+        if self._text is None or self._text.device != self.device:
+            ckpt = None if p.random_init else self._base_file(p.text_encoder_ckpt, CHECKPOINT,
+                                                              "text_encoder_ckpt")
+            self._text = TextEncoder(
+                ckpt, self._base_file(p.tokenizer_dir, TOKENIZER_DIR, "tokenizer_dir"),
+                T5Config(**p.text_encoder_sizes), self.device,
+                torch.bfloat16 if self.device.type == "cuda" else torch.float32,
+                p.prompt_cache, seed=p.init_seed)
+        encoder = self._text
         try:
             return encoder.encode(prompts)
         finally:
