@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from lrag_framework.corpus import video_key, write_shard
+from lrag_framework.training.corpus import video_key, write_shard
 from lrag_framework.plugins import load_plugins
-from lrag_framework.training import (
+from lrag_framework.training.trainer import (
     compute_losses,
     default_losses,
     load_train_config,

@@ -26,7 +26,7 @@ from lrag_adapters.wan.backbone import WanBackbone
 from lrag_adapters.wan.presets import SelfForcingParams
 
 from lrag_framework import plan
-from lrag_framework.engine import Engine, EngineOptions, stream_generator
+from lrag_framework.generation.engine import Engine, EngineOptions, stream_generator
 from lrag_framework.plugins import load_plugins
 
 SIZES = {"num_layers": 2, "dim": 48, "num_heads": 2, "ffn_dim": 80, "freq_dim": 16, "text_dim": 24,

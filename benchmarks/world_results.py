@@ -60,7 +60,7 @@ def ground_truth_precision(worlds: list[int], frames: int, embedder=None, k: int
     (all eligible frames)."""
     import torch
 
-    from lrag_framework.plan import Geometry
+    from lrag_framework.generation.plan import Geometry
     from lrag_framework.plugins import load_plugins
 
     registry = load_plugins()

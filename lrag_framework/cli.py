@@ -26,13 +26,13 @@ def _plugins(args) -> int:
 
 
 def _collect_latents(args) -> int:
-    from .corpus import collect_latents_cli
+    from .training.corpus import collect_latents_cli
 
     return collect_latents_cli(args.config, args.set)
 
 
 def _train_embedder(args) -> int:
-    from .training import train_embedder_cli
+    from .training.trainer import train_embedder_cli
 
     return train_embedder_cli(args.config, args.set)
 

@@ -14,13 +14,13 @@ import yaml
 from torch import Tensor
 
 from .config import ConfigError, RunConfig, apply_overrides, read_config, validate
-from .engine import Engine, EngineOptions, Generation, stream_generator
+from .generation.engine import Engine, EngineOptions, Generation, stream_generator
 from .interfaces import ComponentError
-from .media import side_by_side_files
-from .memory import MemoryBudgetError
-from .outputs import write_json, write_jsonl, write_tensors
-from .plan import Geometry
-from .streaming import VideoStreams
+from .outputs.media import side_by_side_files
+from .generation.memory import MemoryBudgetError
+from .files import write_json, write_jsonl, write_tensors
+from .generation.plan import Geometry
+from .outputs.streaming import VideoStreams
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -115,7 +115,7 @@ def load_prefix(cfg: RunConfig, backbone, references: list) -> Tensor | None:
 def _media_prefix(p, path: Path, backbone, streams: int) -> Tensor:
     """Latents [S, F, C, H, W] of an image (one frame) or of a video's first frames, resized
     and centre-cropped to the backbone's frame size and encoded by it."""
-    from .media import read_image, read_video
+    from .outputs.media import read_image, read_video
 
     spec = backbone.spec
     size = spec.pixel_size or tuple(spec.latent_shape[1:])
@@ -244,7 +244,7 @@ def _write_mode(d: Path, cfg: RunConfig, mode: str, gen: Generation, paths: dict
 
 def _report(run_dir: Path, cfg: RunConfig, g: Geometry, pixels: dict, logs: dict,
             references: list, first_generated: int, paths: dict) -> dict | None:
-    from .report import evaluate, plot_error, plot_retrieval_heatmap
+    from .outputs.report import evaluate, plot_error, plot_retrieval_heatmap
 
     if "retrieval" in logs and logs["retrieval"]:
         plot_retrieval_heatmap(logs["retrieval"], cfg.generation.num_frames,

@@ -5,10 +5,10 @@ import torch.nn.functional as F
 
 from lrag_adapters.tiny.backbone import TinyBackbone
 from lrag_adapters.tiny.params import TinyParams
-from lrag_framework.engine import Engine, EngineOptions, stream_generator
+from lrag_framework.generation.engine import Engine, EngineOptions, stream_generator
 from lrag_framework.interfaces import Context, Embedder, Retriever, SearchResult
-from lrag_framework.memory import KVMemory, MemoryBudgetError, frame_bytes
-from lrag_framework.plan import Geometry
+from lrag_framework.generation.memory import KVMemory, MemoryBudgetError, frame_bytes
+from lrag_framework.generation.plan import Geometry
 
 
 class MeanEmbedder(Embedder):
@@ -197,7 +197,7 @@ def test_conditioning_switch_recaches_window_under_new_conditioning():
 
 
 def test_float8_storage_halves_bytes_and_keeps_the_context():
-    from lrag_framework.memory import KVMemory, frame_bytes
+    from lrag_framework.generation.memory import KVMemory, frame_bytes
 
     spec = TinyBackbone(SMALL).spec
     assert frame_bytes(spec, 2, "float8") < frame_bytes(spec, 2) / 3  # fp32 -> fp8 + scales

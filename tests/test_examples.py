@@ -31,7 +31,7 @@ def test_image_start_example(tmp_path):
     from PIL import Image
 
     from lrag_framework.plugins import load_plugins
-    from lrag_framework.report import psnr
+    from lrag_framework.outputs.report import psnr
 
     out, frames = tmp_path / "out", 24
     run(str(EXAMPLES / "image_start.py"), "--out", str(out), "--frames", str(frames))

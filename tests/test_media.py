@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lrag_framework.media import (StreamingVideoWriter, partial_path, read_image, read_video,
+from lrag_framework.outputs.media import (StreamingVideoWriter, partial_path, read_image, read_video,
                                   side_by_side_files)
 
 av = pytest.importorskip("av")

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from lrag_framework.media import StreamingVideoWriter
-from lrag_framework.outputs import (atomic_path, side_by_side, to_uint8_frames, write_json,
-                                    write_tensors)
+from lrag_framework.outputs.media import StreamingVideoWriter
+from lrag_framework.files import atomic_path, write_json, write_tensors
+from lrag_framework.outputs.media import side_by_side, to_uint8_frames
 
 
 def test_failed_write_leaves_nothing(tmp_path):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lrag_framework.interfaces import ROLE_LOCAL, ROLE_RETRIEVED, ROLE_SINK
-from lrag_framework.plan import Geometry, plan_block
+from lrag_framework.generation.plan import Geometry, plan_block
 
 PUBLIC = dict(block=3, window=12, sink=1, k=6, recency=5)
 

@@ -96,9 +96,9 @@ def test_shipped_world_weights_load_by_default():
 def test_shipped_model_continues_the_world_better_than_noise():
     """The shipped weights must generate world-like frames from a ground-truth prefix: the first
     generated frames are far closer to the truth than the untrained model's."""
-    from lrag_framework.engine import Engine, EngineOptions, stream_generator
-    from lrag_framework.plan import Geometry
-    from lrag_framework.report import psnr
+    from lrag_framework.generation.engine import Engine, EngineOptions, stream_generator
+    from lrag_framework.generation.plan import Geometry
+    from lrag_framework.outputs.report import psnr
 
     item = {"world": 7, "path": "revisit"}
     scores = {}

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 from lrag_framework.cli import main as lrag
 from lrag_framework.config import ConfigError
-from lrag_framework.corpus import LatentCorpus, write_shard
+from lrag_framework.training.corpus import LatentCorpus, write_shard
 from lrag_framework.plugins import load_plugins
-from lrag_framework.retrieval_eval import own_video_top1
-from lrag_framework.training import load_train_config, split_videos, train_embedder
+from lrag_framework.training.retrieval_eval import own_video_top1
+from lrag_framework.training.trainer import load_train_config, split_videos, train_embedder
 
 AE = {"in_channels": 4, "spatial_h": 8, "spatial_w": 8, "latent_dim": 16, "hidden_dims": [8, 16]}
 
@@ -220,8 +220,8 @@ def corpus_config(out_dir, **extra) -> dict:
 
 
 def test_collect_latents_is_resumable_and_matches_lrag_run(tmp_path, monkeypatch):
-    from lrag_framework import corpus as corpus_mod
-    from lrag_framework.corpus import collect_latents, load_corpus_config
+    from lrag_framework.training import corpus as corpus_mod
+    from lrag_framework.training.corpus import collect_latents, load_corpus_config
 
     out = tmp_path / "latents"
     cfg = load_corpus_config(write_yaml(tmp_path, corpus_config(out)), [])

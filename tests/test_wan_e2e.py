@@ -105,7 +105,7 @@ def test_text_to_streamed_mp4_with_schedule_and_image_start(base, tmp_path, imag
     comps = lrag_framework.runner.build_components(lrag_framework.load_config(
         config(base, tmp_path, image)))
     backbone, latents = comps.backbone, result.latents["retrieval"]
-    from lrag_framework.media import read_image
+    from lrag_framework.outputs.media import read_image
 
     start = backbone.encode(read_image(image, (32, 48))[None, None])
     torch.testing.assert_close(latents[:, :1], start.expand(2, -1, -1, -1, -1))
@@ -147,7 +147,7 @@ def test_cli_names_a_missing_checkpoint_without_a_traceback(tmp_path, capsys):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (side-stream decoding)")
 def test_side_stream_decoding_writes_the_decoded_frames_in_order(base, tmp_path, image):
-    from lrag_framework.outputs import to_uint8_frames
+    from lrag_framework.outputs.media import to_uint8_frames
 
     cfg = config(base, tmp_path, image)
     cfg["device"] = "cuda"

@@ -27,10 +27,10 @@ import yaml
 
 import lrag_framework
 from lrag_framework.cli import main as lrag
-from lrag_framework.media import StreamingVideoWriter
-from lrag_framework.outputs import to_uint8_frames
+from lrag_framework.outputs.media import StreamingVideoWriter
+from lrag_framework.outputs.media import to_uint8_frames
 from lrag_framework.plugins import load_plugins
-from lrag_framework.report import psnr
+from lrag_framework.outputs.report import psnr
 
 WORLD = {"world": 1000001, "path": "revisit"}  # an evaluation world (docs/results.md)
 CLIP = 12  # ground-truth frames in the mp4 that is continued

@@ -128,7 +128,7 @@ def folder_config(shape: AEShape) -> dict:
 
 def save_latent_ae(model: LatentAE, folder: str | Path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` into ``folder`` (each file atomically)."""
-    from lrag_framework.outputs import write_json, write_tensors
+    from lrag_framework.files import write_json, write_tensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
-from .config import ConfigError, RunConfig, apply_overrides, read_config, validate
+from ..config import ConfigError, RunConfig, apply_overrides, read_config, validate
 
 SCHEMA_VERSION = 1
 MANIFEST = "corpus.json"
@@ -54,7 +54,7 @@ def video_key(stream: int) -> str:
 
 def write_shard(path: str | Path, videos: dict[str, Tensor], metas: list[dict]) -> None:
     """One shard: ``videos`` = key -> [F, C, H, W]; ``metas`` one dict per video (with ``key``)."""
-    from .outputs import write_tensors
+    from ..files import write_tensors
 
     if sorted(m["key"] for m in metas) != sorted(videos):
         raise ValueError(f"shard {path}: metadata keys {[m['key'] for m in metas]} != tensor "
@@ -114,7 +114,7 @@ class LatentCorpus:
 # ---------------------------------------------------------------------------- collecting
 
 def _manifest(cfg: CorpusConfig, run: RunConfig) -> dict:
-    from . import __version__
+    from .. import __version__
 
     what = run.model_dump(mode="json", exclude={"output", "compare", "device"})
     return {"schema_version": SCHEMA_VERSION, "lrag_version": __version__, "run": what,
@@ -135,9 +135,9 @@ def collect_latents(cfg: CorpusConfig, progress: bool = False) -> dict:
     """Generate every video of ``cfg.run`` not yet on disk; returns counts and the out_dir."""
     from tqdm import tqdm
 
-    from .engine import stream_generator
-    from .outputs import write_json
-    from .runner import (build_components, geometry, load_prefix, make_engine, references_of,
+    from ..generation.engine import stream_generator
+    from ..files import write_json
+    from ..runner import (build_components, geometry, load_prefix, make_engine, references_of,
                          streams_of)
 
     try:

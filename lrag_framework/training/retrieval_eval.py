@@ -71,7 +71,7 @@ def plot_retrieval(result: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .outputs import atomic_path
+    from ..files import atomic_path
 
     names, values = zip(*result["own_video_top1"].items())
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.2))
@@ -93,7 +93,7 @@ def plot_losses(rows: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .outputs import atomic_path
+    from ..files import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for split, style in (("train", "-"), ("val", "o--")):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .interfaces import ROLE_LOCAL, ROLE_RETRIEVED, ROLE_SINK
+from ..interfaces import ROLE_LOCAL, ROLE_RETRIEVED, ROLE_SINK
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import ComponentConfig, ConfigError, apply_overrides, read_config
-from .interfaces import LossInputs
+from ..config import ComponentConfig, ConfigError, apply_overrides, read_config
+from ..interfaces import LossInputs
 
 STATE_FILE, OPTIM_FILE, WEIGHTS_FILE = "trainer_state.json", "optimizer.safetensors", \
     "model.safetensors"
@@ -76,7 +76,7 @@ class TrainConfig(Strict):
 
 def load_train_config(source, overrides: list[str] = ()) -> TrainConfig:
     """Validate the schema, the embedder, every loss and baseline (all errors at once)."""
-    from .plugins import PluginError, load_plugins
+    from ..plugins import PluginError, load_plugins
 
     data = apply_overrides(read_config(source), list(overrides))
     errors: list[str] = []
@@ -290,8 +290,8 @@ def train_embedder(cfg: TrainConfig, progress: bool = False) -> dict:
     from tqdm import tqdm
 
     from .corpus import LatentCorpus
-    from .outputs import atomic_path, write_jsonl
-    from .plugins import load_plugins
+    from ..files import atomic_path, write_jsonl
+    from ..plugins import load_plugins
     from .retrieval_eval import plot_losses
 
     registry = load_plugins(disabled=tuple(cfg.disable_plugins))
@@ -385,7 +385,7 @@ def _evaluate_and_save(cfg, embedder, model, opt, losses, labels, corpus, chunks
 
 def _retrieval_eval(cfg, registry, embedder, corpus, val, device) -> dict:
     """Own-video top-1 on the validation videos: the trained embedder and the baselines."""
-    from .outputs import write_json
+    from ..files import write_json
     from .retrieval_eval import compare_embedders, plot_retrieval
 
     embedders = {f"{cfg.embedder.name} (trained)": embedder}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .interfaces import Reference
+from ..interfaces import Reference
 
 
 def psnr(video: Tensor, reference: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from .interfaces import BackboneSpec
+from ..interfaces import BackboneSpec
 
 
 class MemoryBudgetError(RuntimeError):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .interfaces import Backbone, Conditioning, Context, Embedder, Retriever
+from ..interfaces import Backbone, Conditioning, Context, Embedder, Retriever
 from .memory import KVMemory
 from .plan import Geometry, plan_block
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .media import StreamingVideoWriter
-from .outputs import uint8_frames
+from .media import StreamingVideoWriter, uint8_frames
 
 
 class VideoStreams:
