@@ -66,3 +66,17 @@ def test_eligibility_skips_sink_cache_and_recency_guard():
                                             ("fill", 11, True)])
 def test_geometry_check(placement, k, ok):
     assert (not Geometry(3, 12, 1, k, 5, placement).check()) == ok
+
+
+def test_loop_closure_frames_and_precision_ceiling():
+    from lrag_framework.outputs.report import loop_closure_frames, precision_ceiling
+
+    g = Geometry(block=2, window=4, sink=1, k=2, recency=1)
+    t = 12
+    same = torch.eye(t, dtype=torch.bool)
+    same[8, 1] = same[1, 8] = True  # frame 8 shows the place of frame 1
+    lc = loop_closure_frames(same, g, first_generated=2)
+    # block 8: eligible = [1, 8 - 3 - 1) = 1..3, frame 1 same place -> frames 8, 9 only
+    assert lc.nonzero().flatten().tolist() == [8, 9]
+    # blocks 6, 8, 10 have eligible frames (1..1, 1..3, 1..5): k' = 1, 2, 2; same = 0, 1, 0
+    assert precision_ceiling(same, g, first_generated=2) == pytest.approx((0 + 0.5 + 0) / 3)

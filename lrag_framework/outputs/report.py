@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..generation.plan import Geometry
 from ..interfaces import Reference
 
 
@@ -29,6 +30,37 @@ def revisits(same_place: Tensor, window: int) -> Tensor:
     t = same_place.shape[0]
     older = torch.ones(t, t, dtype=torch.bool).tril(-window)  # j <= i - window
     return (same_place & older).any(1)
+
+
+def generated_block_starts(g: Geometry, num_frames: int, first_generated: int) -> list[int]:
+    """Starts of the generated blocks (a prefix of ``first_generated`` frames comes before)."""
+    return list(range(first_generated, num_frames, g.block))
+
+
+def loop_closure_frames(same_place: Tensor, g: Geometry, first_generated: int) -> Tensor:
+    """Generated frames [T] bool whose block has at least one eligible frame (``g.eligible``,
+    every frame holding K/V) that shows the same place as the block's first ground-truth frame:
+    the frames where retrieval can bring a place back."""
+    t = same_place.shape[0]
+    out = torch.zeros(t, dtype=torch.bool)
+    for s in generated_block_starts(g, t, first_generated):
+        eligible = g.eligible(s, torch.ones(s, dtype=torch.bool))
+        if (same_place[s, :s] & eligible).any():
+            out[s:s + g.block] = True
+    return out
+
+
+def precision_ceiling(same_place: Tensor, g: Geometry, first_generated: int) -> float | None:
+    """precision@K of a perfect retriever (same-place frames first) under the same eligibility:
+    mean over generated blocks with eligible frames of ``min(same, k') / k'``, ``k' = min(K,
+    eligible)``. None when K = 0 or no block has eligible frames."""
+    values = []
+    for s in generated_block_starts(g, same_place.shape[0], first_generated):
+        eligible = g.eligible(s, torch.ones(s, dtype=torch.bool))
+        k = min(g.k, int(eligible.sum()))
+        if k:
+            values.append(min(int((same_place[s, :s] & eligible).sum()), k) / k)
+    return float(np.mean(values)) if values else None
 
 
 def precision_at_k(log: list[dict], references: list[Reference | None]) -> float | None:
