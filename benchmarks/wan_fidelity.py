@@ -152,7 +152,7 @@ def main() -> None:
         g = plan.Geometry(block=3, window=window, sink=sink, k=k, recency=recency,
                           placement="reference")
         engine = Engine(bb, registry.build("embedder", "avg_pool", {}),
-                        registry.build("retriever", "exact", {}), EngineOptions(g, retrieval=k > 0))
+                        registry.build("retriever", "exact", {}), EngineOptions(g))
         res = engine.generate(bb.encode_conditioning([text], args.frames),
                               [stream_generator(0, 0)], args.frames)
         ours_sel = [(e["block_start"], sorted(e["ids"][0])) for e in res.log if e["ids"][0]]

@@ -1,48 +1,137 @@
-"""The ``lrag`` command line. Heavy modules are imported inside each command."""
+"""lrag: retrieval-augmented autoregressive long video generation.
+
+Exit codes: 0 done, 1 the command failed while running (the error says what was kept), 2 bad
+input (config, files, plugins: nothing was started), 130 interrupted. Results go to stdout,
+errors and progress bars to stderr.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+OK, FAILED, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean bad input: printed as one line, no traceback."""
+    from .config import ConfigError
+    from .generation.memory import MemoryBudgetError
+    from .interfaces import ComponentError
+    from .plugins import PluginError
+
+    return ConfigError, ComponentError, MemoryBudgetError, PluginError
+
+
+def _error(message) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def _progress(mode: str, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="frame", desc=mode, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- lrag run
+
+def format_summary(summary: dict) -> str:
+    """The run's console table: one row per mode."""
+    rows = [("mode", "streams", "frames", "seconds", "frames/s", "blocks w/ retrieval",
+             "PSNR dB", "PSNR revisits", "precision@K")]
+
+    def num(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    for mode, s in summary["modes"].items():
+        rows.append((mode, str(s["streams"]), str(s["frames"]), f"{s['seconds']:.2f}",
+                     f"{s['frames_per_second']:.1f}", str(s["blocks_retrieved"]),
+                     num(s.get("mean_psnr")), num(s.get("mean_psnr_revisits")),
+                     num(s.get("precision_at_k"))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if "retrieval_over_native_time" in summary:
+        lines.append(f"retrieval / native time: {summary['retrieval_over_native_time']:.3f}")
+    return "\n".join(lines)
+
+
+def run_overrides(args) -> list[str]:
+    """``--set`` plus the shorthands ``--compare``, ``--prompt``, ``--image``, ``--video``."""
+    extra = ["compare=true"] if args.compare else []
+    if args.prompt:
+        extra.append(f"conditionings={json.dumps(list(args.prompt))}")
+    if args.image or args.video:
+        source = {"source": "image", "path": args.image} if args.image else \
+            {"source": "video", "path": args.video}
+        extra.append(f"prefix={json.dumps(source)}")
+    return list(args.set) + extra
 
 
 def _run(args) -> int:
-    from .runner import run_cli
+    from .outputs.run_dir import run
 
-    return run_cli(args.config, args.set, compare=args.compare, prompts=args.prompt,
-                   image=args.image, video=args.video)
+    result = run(args.config, run_overrides(args), progress=_progress)
+    print(format_summary(result.summary))
+    print(f"run directory: {result.run_dir}")
+    return OK
 
 
 def _validate(args) -> int:
-    from .config import validate_cli
+    from .config import load_config
 
-    return validate_cli(args.config, args.set)
+    cfg = load_config(args.config, args.set)
+    print(f"{args.config}: ok ({cfg.backbone.name}, {len(cfg.conditionings)} conditionings, "
+          f"{cfg.generation.num_frames} frames)")
+    return OK
 
 
 def _plugins(args) -> int:
     from .plugins import plugins_report
 
     print(plugins_report(as_json=args.json, kind=args.kind))
-    return 0
+    return OK
 
+
+# ---------------------------------------------------------------------------- training
 
 def _collect_latents(args) -> int:
-    from .training.corpus import collect_latents_cli
+    from tqdm import tqdm
 
-    return collect_latents_cli(args.config, args.set)
+    from .training.corpus import collect_latents, load_corpus_config
+
+    cfg = load_corpus_config(args.config, args.set)
+    counts = collect_latents(cfg, progress=lambda total: tqdm(
+        total=total, unit="video", desc="collect-latents", file=sys.stderr))
+    print(f"{counts['out_dir']}: {counts['videos']} videos in {counts['shards']} shards "
+          f"({counts['written']} written, {counts['skipped']} already there)")
+    return OK
 
 
 def _train_embedder(args) -> int:
-    from .training.trainer import train_embedder_cli
+    from tqdm import tqdm
 
-    return train_embedder_cli(args.config, args.set)
+    from .training.trainer import load_train_config, train_embedder
 
+    cfg = load_train_config(args.config, args.set)
+    result = train_embedder(cfg, progress=lambda total, initial: tqdm(
+        total=total, initial=initial, unit="step", desc="train-embedder", file=sys.stderr))
+    print(f"trained to step {result['step']}; best validation loss {result['best_val']}")
+    for name, value in result.get("retrieval", {}).get("own_video_top1", {}).items():
+        print(f"  own-video top-1  {name:<28} {value:.3f}")
+    print(f"run directory: {result['run_dir']}")
+    return OK
+
+
+# ---------------------------------------------------------------------------- the parser
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrag", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="lrag", description="Retrieval-augmented autoregressive long video generation.",
+        epilog="exit codes: 0 done, 1 failed while running, 2 bad input, 130 interrupted")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(name, help, required=True):
-        p = sub.add_parser(name, help=help)
+        p = sub.add_parser(name, help=help, description=help)
         p.add_argument("config", nargs=None if required else "?", help="YAML or JSON config")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config field (dotted key, YAML value); repeatable")
@@ -72,7 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        _error("interrupted; complete files were kept, partial ones carry .partial in their name")
+        return INTERRUPTED
+    except BrokenPipeError:  # e.g. `lrag plugins | head`
+        sys.stderr.close()
+        return OK
+    except _input_errors() as err:
+        _error(err)
+        return BAD_INPUT
 
 
 if __name__ == "__main__":

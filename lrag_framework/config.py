@@ -132,8 +132,11 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _check_device(self):
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        from .devices import device_error
+
+        error = device_error(self.device)
+        if error:
+            raise ValueError(error)
         return self
 
 
@@ -180,7 +183,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _format(err: ValidationError, prefix: str = "") -> list[str]:
+def validation_errors(err: ValidationError, prefix: str = "") -> list[str]:
+    """One ``dotted.location: message`` line per pydantic error (the project's one format)."""
     out = []
     for e in err.errors():
         loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
@@ -196,7 +200,7 @@ def validate(data: dict) -> RunConfig:
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as err:
-        errors += _format(err)
+        errors += validation_errors(err)
         cfg = None
     registry = load_plugins(disabled=tuple(data.get("disable_plugins") or ()))
     for section in PLUGIN_SECTIONS:
@@ -209,7 +213,7 @@ def validate(data: dict) -> RunConfig:
         except PluginError as err:
             errors.append(f"{section}.name: {err}")
         except ValidationError as err:
-            errors += _format(err, f"{section}.params")
+            errors += validation_errors(err, f"{section}.params")
     if errors:
         raise ConfigError(errors)
     return cfg
@@ -217,14 +221,3 @@ def validate(data: dict) -> RunConfig:
 
 def load_config(source=None, overrides: list[str] = ()) -> RunConfig:
     return validate(apply_overrides(read_config(source), list(overrides)))
-
-
-def validate_cli(path: str, overrides: list[str]) -> int:
-    try:
-        cfg = load_config(path, overrides)
-    except ConfigError as err:
-        print(err)
-        return 1
-    print(f"{path}: ok ({cfg.backbone.name}, {len(cfg.conditionings)} conditionings, "
-          f"{cfg.generation.num_frames} frames)")
-    return 0

@@ -1,20 +1,45 @@
-"""Files: atomic writes (a file appears under its final name only once complete), tensors in
-safetensors. Every module that writes or reads a file goes through here."""
+"""Files and checkpoints: the one place where the project writes or reads a file.
+
+- Atomic writes: a file (or a folder) appears under its final name only once complete.
+- Tensors in safetensors, byte-reproducible (the header's keys are written in sorted order).
+- Safe reading: safetensors, or ``torch.load(weights_only=True)`` for the public ``.pt``
+  checkpoints; a refused or corrupt file is one ``CheckpointError`` naming the file.
+- Strict state-dict loading with one report of missing, unexpected and mis-shaped keys.
+- Optimizer state as safetensors + JSON (no pickles), for every trainer's checkpoints.
+"""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
+import struct
 from pathlib import Path
+from typing import Any, Iterable
 
+import torch
 from torch import Tensor
+
+from .interfaces import ComponentError
+
+
+class CheckpointError(ComponentError):
+    """A weights or checkpoint file is missing, unreadable or does not fit its model."""
+
+
+# ---------------------------------------------------------------------------- atomic writes
+
+def partial_name(path: str | Path) -> Path:
+    """The sibling name a file carries while it is written: ``dir/NAME.partial.SUFFIX``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")  # keeps the suffix for ffmpeg
+    tmp = partial_name(path)  # keeps the suffix (ffmpeg picks the container from it)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -22,19 +47,202 @@ def atomic_path(path: str | Path):
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_dir(folder: str | Path):
+    """Yield an empty temporary sibling folder; swap it in for ``folder`` if the block succeeds
+    (an existing ``folder`` is replaced; a failure leaves the old one untouched)."""
+    folder = Path(folder)
+    tmp, old = folder.with_name(f".{folder.name}.partial"), folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_json(path: str | Path, data) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def write_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict | None = None):
-    from safetensors.torch import save_file
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """Append one row to a JSON-lines log (a log may end in a torn line after a crash; readers
+    of such logs skip it)."""
+    with Path(path).open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def write_yaml(path: str | Path, data: dict) -> None:
+    import yaml
+
+    write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+# ---------------------------------------------------------------------------- tensors
+
+def tensor_bytes(tensors: dict[str, Tensor], metadata: dict[str, Any] | None = None) -> bytes:
+    """A safetensors file as bytes; metadata values are stored as JSON. The header is rewritten
+    with sorted keys (safetensors writes its metadata in hash order), so equal inputs give
+    equal bytes."""
+    from safetensors.torch import save
 
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    raw = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # data stays 8-byte aligned
+    return struct.pack("<Q", len(text)) + text + raw[8 + n:]
+
+
+def write_tensors(path: str | Path, tensors: dict[str, Tensor],
+                  metadata: dict[str, Any] | None = None) -> None:
+    data = tensor_bytes(tensors, metadata)
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+        tmp.write_bytes(data)
+
+
+def read_tensors(path: str | Path, device: str | torch.device = "cpu",
+                 what: str = "a safetensors file") -> dict[str, Tensor]:
+    """All tensors of a safetensors file; a missing or corrupt file is one CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: expected {what}")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read {what}: {err}") from None
+
+
+def read_metadata(path: str | Path, what: str = "a safetensors file") -> dict[str, Any]:
+    """The metadata of a safetensors file, values decoded from JSON where they are JSON."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: expected {what}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read {what}: {err}") from None
+    out = {}
+    for key, value in meta.items():
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _refusal(err: Exception) -> str:
+    """The reason of a refused ``torch.load``, without torch's advice to disable the safety."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if "weights_only" not in ln and "Re-running" not in ln
+            and "arbitrary code" not in ln and not ln.startswith("Check the documentation")
+            and not ln.startswith("(1)") and not ln.startswith("(2)")]
+    reason = next((ln for ln in keep if "Unsupported" in ln or "unsupported" in ln), None)
+    return reason or (keep[0] if keep else type(err).__name__)
+
+
+def torch_load(path: str | Path, what: str) -> Any:
+    """A ``.pt``/``.pth`` checkpoint through ``torch.load(weights_only=True)`` (tensors and
+    plain containers only; nothing is executed). Refusals and corrupt files: CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} not found: expected {what}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - unpickling refused or a corrupt file
+        raise CheckpointError(f"{path}: cannot read {what}: only tensors and plain values are "
+                              f"read from checkpoints, and this file {_refusal(err)}") from None
+
+
+def read_state(path: str | Path, what: str) -> dict[str, Tensor]:
+    """A state dict from safetensors (by suffix) or a ``.pt`` file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_tensors(path, what=what)
+    data = torch_load(path, what)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected {what} (a dict), got {type(data).__name__}")
+    return data
+
+
+# ---------------------------------------------------------------------------- state dicts
+
+def _few(items: list[str], n: int = 6) -> str:
+    return ", ".join(items[:n]) + (f" ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def state_mismatch(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str | None:
+    """One line naming missing, unexpected and mis-shaped keys; None when ``state`` fits."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k} {list(state[k].shape)} (model {list(v.shape)})"
+              for k, v in expected.items()
+              if k in state and torch.is_tensor(state[k]) and state[k].shape != v.shape]
+    parts = [f"missing {_few(missing)}" if missing else "",
+             f"unexpected {_few(unexpected)}" if unexpected else "",
+             f"wrong shapes {_few(shapes)}" if shapes else ""]
+    parts = [p for p in parts if p]
+    return "; ".join(parts) if parts else None
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, Tensor], source: str,
+                      hint: str = "", assign: bool = False) -> None:
+    """Load ``state`` into ``module`` only if every key and shape fits; else one
+    CheckpointError naming ``source`` and what differs (plus ``hint``)."""
+    problem = state_mismatch(module.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"{source} does not match the model ({problem})"
+                              + (f"; {hint}" if hint else ""))
+    module.load_state_dict(state, strict=True, assign=assign)
+
+
+# ---------------------------------------------------------------------------- optimizer state
+
+OPTIMIZER_FILE, OPTIMIZER_META = "optimizer.safetensors", "optimizer.json"
+
+
+def save_optimizer(folder: Path, opt: torch.optim.Optimizer) -> None:
+    """Optimizer state into ``folder``: tensors in safetensors, the rest in JSON."""
+    sd = opt.state_dict()
+    tensors = {f"{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items()
+               if torch.is_tensor(v)}
+    scalars = {str(pid): {k: v for k, v in st.items() if not torch.is_tensor(v)}
+               for pid, st in sd["state"].items()}
+    (folder / OPTIMIZER_FILE).write_bytes(tensor_bytes(tensors))
+    (folder / OPTIMIZER_META).write_text(
+        json.dumps({"param_groups": sd["param_groups"], "scalars": scalars}, indent=1))
+
+
+def load_optimizer(folder: Path, opt: torch.optim.Optimizer, device) -> None:
+    meta = json.loads((folder / OPTIMIZER_META).read_text())
+    state: dict[int, dict] = {int(p): dict(v) for p, v in meta["scalars"].items()}
+    for key, value in read_tensors(folder / OPTIMIZER_FILE, device, "optimizer state").items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def is_checkpoint(folder: Path, *names: str) -> bool:
+    """Whether ``folder`` holds a complete checkpoint: the optimizer files and ``names``."""
+    return all((folder / n).is_file() for n in (OPTIMIZER_FILE, OPTIMIZER_META, *names))

@@ -171,6 +171,17 @@ def test_memory_budget(backbone):
                     policy="drop_oldest").generate(cond, gens(), 30)
 
 
+@pytest.mark.parametrize("num_frames", [25, 37])
+def test_a_shorter_last_block_keeps_the_older_window_frames_it_attends_to(backbone, num_frames):
+    """The last block (1 frame) sees more old frames than a full block would: the memory must
+    not drop them when the block before it reserves its slots (it did, with a tight budget)."""
+    per_frame = frame_bytes(backbone.spec, 2)
+    engine = make_engine(backbone, k=0, budget_bytes=per_frame * 12, policy="thin")  # 9 + 3
+    out = engine.generate(backbone.encode_conditioning([None, None], num_frames), gens(),
+                          num_frames)
+    assert out.memory["kv_dropped_frames"] > 0 and out.latents.shape[1] == num_frames
+
+
 def test_conditioning_switch_recaches_window_under_new_conditioning():
     class Recording(TinyBackbone):
         def __init__(self, params):

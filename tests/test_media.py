@@ -1,5 +1,4 @@
 """Streaming mp4 writer (partial name, playable while growing) and image/video readers."""
-import sys
 import time
 
 import numpy as np
@@ -7,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from lrag_framework.outputs.media import (StreamingVideoWriter, partial_path, read_image, read_video,
-                                  side_by_side_files)
+from lrag_framework.files import partial_name
+from lrag_framework.outputs.media import (StreamingVideoWriter, read_image, read_video,
+                                          side_by_side_files)
 
-av = pytest.importorskip("av")
+av = pytest.importorskip("av")  # an independent decoder for checking what we write
 
-BACKENDS = ["imageio", "pyav"]
 FPS = 8  # keyframe every 8 frames at the default keyframe_seconds=1
 
 
@@ -36,16 +35,15 @@ def decode(path) -> np.ndarray:
     return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
 
 
-def write(path, frames, backend="imageio", fps=FPS) -> None:
-    with StreamingVideoWriter(path, fps, backend=backend) as writer:
+def write(path, frames, fps=FPS) -> None:
+    with StreamingVideoWriter(path, fps) as writer:
         writer.append(frames)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_streaming_write_appears_only_on_close(tmp_path, backend):
+def test_streaming_write_appears_only_on_close(tmp_path):
     target = tmp_path / "run.mp4"
     frames = smooth_frames(15)
-    with StreamingVideoWriter(target, FPS, backend=backend) as writer:
+    with StreamingVideoWriter(target, FPS) as writer:
         for block in np.split(frames, 3):
             writer.append(block)
             assert not target.exists()
@@ -64,43 +62,29 @@ def test_odd_sizes_are_cropped_to_even(tmp_path):
     assert np.abs(out.astype(float) - frames[:, :32, :48]).mean() < 3.0
 
 
-def test_partial_file_plays_while_growing_pyav(tmp_path):
-    """Deterministic with PyAV: muxing is in-process and flushed per packet, so when ``append``
-    returns, every fragment closed by a keyframe is on disk. 3 s at a keyframe per second:
-    keyframes at frames 0, 8, 16 close two fragments; the third is still open."""
-    target = tmp_path / "live.mp4"
-    with StreamingVideoWriter(target, FPS, keyframe_seconds=1.0, backend="pyav") as writer:
-        for i in range(0, 3 * FPS, 4):
-            writer.append(smooth_frames(4, start=i))
-        assert decode(partial_path(target)).shape[0] == 2 * FPS
-        assert not target.exists()
-    assert decode(target).shape[0] == 3 * FPS
-
-
-def test_partial_file_plays_while_growing_imageio(tmp_path):
+def test_partial_file_plays_while_growing(tmp_path):
     """The ffmpeg process writes asynchronously behind a pipe: poll (bounded) until the two
     fragments closed by the keyframe at frame 16 are on disk; the third stays open."""
     target = tmp_path / "live.mp4"
-    with StreamingVideoWriter(target, FPS, keyframe_seconds=1.0, backend="imageio") as writer:
+    with StreamingVideoWriter(target, FPS, keyframe_seconds=1.0) as writer:
         writer.append(smooth_frames(3 * FPS))
         deadline = time.monotonic() + 15
-        while (n := decode(partial_path(target)).shape[0]) < 2 * FPS \
+        while (n := decode(partial_name(target)).shape[0]) < 2 * FPS \
                 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert n == 2 * FPS
     assert decode(target).shape[0] == 3 * FPS
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_exception_keeps_playable_partial_and_no_final(tmp_path, backend):
+def test_exception_keeps_playable_partial_and_no_final(tmp_path):
     target = tmp_path / "crash.mp4"
     with pytest.raises(RuntimeError, match="boom"), \
-            StreamingVideoWriter(target, FPS, backend=backend) as writer:
+            StreamingVideoWriter(target, FPS) as writer:
         writer.append(smooth_frames(12))
         raise RuntimeError("boom")
     assert not target.exists()
-    assert [p.name for p in tmp_path.iterdir()] == [".crash.partial.mp4"]
-    assert decode(partial_path(target)).shape == (12, 32, 48, 3)  # nothing lost
+    assert [p.name for p in tmp_path.iterdir()] == ["crash.partial.mp4"]
+    assert decode(partial_name(target)).shape == (12, 32, 48, 3)  # nothing lost
 
 
 def test_exception_before_any_frame_leaves_nothing(tmp_path):
@@ -113,8 +97,7 @@ def test_exception_before_any_frame_leaves_nothing(tmp_path):
 
 def test_writer_rejects_bad_input(tmp_path):
     for kwargs, match in [({"path": tmp_path / "v.avi"}, "mp4"), ({"fps": 0}, "fps"),
-                          ({"keyframe_seconds": -1}, "keyframe"), ({"crf": 60}, "crf"),
-                          ({"backend": "opencv"}, "backend")]:
+                          ({"keyframe_seconds": -1}, "keyframe"), ({"crf": 60}, "crf")]:
         with pytest.raises(ValueError, match=match):
             StreamingVideoWriter(**{"path": tmp_path / "v.mp4", "fps": FPS, **kwargs})
     with pytest.raises(ValueError, match="differs"), \
@@ -172,24 +155,22 @@ def test_read_image_errors(tmp_path):
             read_image(tmp_path / "ok.png", bad)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_read_video_round_trip_and_prefix(tmp_path, backend):
+def test_read_video_round_trip_and_prefix(tmp_path):
     frames = smooth_frames(10)
-    write(tmp_path / "v.mp4", frames, backend=backend)
-    video = read_video(tmp_path / "v.mp4", (32, 48), backend=backend)
+    write(tmp_path / "v.mp4", frames)
+    video = read_video(tmp_path / "v.mp4", (32, 48))
     assert video.shape == (10, 3, 32, 48)
     expected = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
     assert (video - expected).abs().mean() < 0.03
-    head = read_video(tmp_path / "v.mp4", (32, 48), max_frames=3, backend=backend)
+    head = read_video(tmp_path / "v.mp4", (32, 48), max_frames=3)
     assert torch.equal(head, video[:3])
-    assert read_video(tmp_path / "v.mp4", (16, 16), max_frames=20, backend=backend).shape == \
+    assert read_video(tmp_path / "v.mp4", (16, 16), max_frames=20).shape == \
         (10, 3, 16, 16)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_read_video_errors(tmp_path, backend):
+def test_read_video_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.mp4"):
-        read_video(tmp_path / "nope.mp4", (8, 8), backend=backend)
+        read_video(tmp_path / "nope.mp4", (8, 8))
     (tmp_path / "text.mp4").write_text("not a video")
     (tmp_path / "zero.mp4").write_bytes(b"")
     with av.open(str(tmp_path / "header_only.mp4"), "w") as container:  # no frames at all
@@ -198,20 +179,18 @@ def test_read_video_errors(tmp_path, backend):
         container.start_encoding()
     for name in ["text.mp4", "zero.mp4", "header_only.mp4"]:
         with pytest.raises(ValueError, match=name.replace(".", r"\.")):
-            read_video(tmp_path / name, (8, 8), backend=backend)
+            read_video(tmp_path / name, (8, 8))
     write(tmp_path / "ok.mp4", smooth_frames(2))
     for bad in [0, -2, 1.5]:
         with pytest.raises(ValueError, match="max_frames"):
-            read_video(tmp_path / "ok.mp4", (8, 8), max_frames=bad, backend=backend)
+            read_video(tmp_path / "ok.mp4", (8, 8), max_frames=bad)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_side_by_side_files(tmp_path, backend):
+def test_side_by_side_files(tmp_path):
     a, b = smooth_frames(10), smooth_frames(6, h=24, w=32, start=5)
-    write(tmp_path / "a.mp4", a, backend=backend)
-    write(tmp_path / "b.mp4", b, backend=backend)
-    n = side_by_side_files([tmp_path / "a.mp4", tmp_path / "b.mp4"], tmp_path / "ab.mp4",
-                           backend=backend)
+    write(tmp_path / "a.mp4", a)
+    write(tmp_path / "b.mp4", b)
+    n = side_by_side_files([tmp_path / "a.mp4", tmp_path / "b.mp4"], tmp_path / "ab.mp4")
     out = decode(tmp_path / "ab.mp4")
     assert n == 6 and out.shape == (6, 32, 48 + 4 + 32, 3)
     assert out[:, :, 49:51].min() > 200  # white gap (inner columns: h264 blurs its edges)
@@ -219,12 +198,3 @@ def test_side_by_side_files(tmp_path, backend):
     assert np.abs(out[:, :24, 52:].astype(float) - b).mean() < 5.0
     with pytest.raises(ValueError, match="at least 2"):
         side_by_side_files([tmp_path / "a.mp4"], tmp_path / "x.mp4")
-
-
-def test_auto_backend_falls_back_to_pyav(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # not importable
-    writer = StreamingVideoWriter(tmp_path / "v.mp4", FPS)
-    assert writer.backend == "pyav"
-    with writer:
-        writer.append(smooth_frames(3))
-    assert read_video(tmp_path / "v.mp4", (32, 48)).shape == (3, 3, 32, 48)

@@ -7,7 +7,7 @@ import yaml
 
 import lrag_framework
 from lrag_framework.config import ConfigError, load_config
-from lrag_framework.runner import format_summary
+from lrag_framework.cli import format_summary
 
 SMALL_TINY = {"height": 16, "width": 16, "patch": 4, "dim": 32, "layers": 2, "heads": 2,
               "weights": None}
@@ -68,7 +68,7 @@ def test_run_dir_is_never_overwritten(tmp_path):
     cfg = small_config(tmp_path, output={"root": str(tmp_path / "runs"), "name": "fixed",
                                          "video": False})
     lrag_framework.run(cfg)
-    with pytest.raises(FileExistsError, match="never overwritten"):
+    with pytest.raises(ConfigError, match="never overwritten"):
         lrag_framework.run(cfg)
 
 
@@ -181,6 +181,6 @@ def test_interrupted_run_keeps_playable_partial_videos_only(tmp_path, monkeypatc
         lrag_framework.run(small_config(tmp_path, output={"root": str(tmp_path / "runs"),
                                                           "name": "cut", "fps": 4}))
     videos = sorted((tmp_path / "runs" / "cut").rglob("*.mp4"))
-    assert [v.name for v in videos] == [".stream_000.partial.mp4", ".stream_001.partial.mp4"]
+    assert [v.name for v in videos] == ["stream_000.partial.mp4", "stream_001.partial.mp4"]
     with av.open(str(videos[0])) as container:  # what was generated is on disk and plays
         assert sum(1 for _ in container.decode(video=0)) == 4 * 3

@@ -105,7 +105,7 @@ def test_shipped_model_continues_the_world_better_than_noise():
     for weights in ("builtin", None):
         bb = TinyBackbone(TinyParams(weights=weights))
         ref = bb.reference(item, 18)
-        engine = Engine(bb, None, None, EngineOptions(Geometry(3, 12, 1), retrieval=False))
+        engine = Engine(bb, None, None, EngineOptions(Geometry(3, 12, 1)))
         out = engine.generate(bb.encode_conditioning([item], 18), [stream_generator(0, 0)], 18,
                               prefix=ref.latents[None, :12])
         scores[weights] = float(psnr(out.latents[0, 12:], ref.pixels[12:]).mean())

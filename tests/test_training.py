@@ -64,7 +64,7 @@ def test_training_end_to_end(corpus, tmp_path):
     for name in ("last", "best"):
         ckpt = run / "checkpoints" / name
         assert {p.name for p in ckpt.iterdir()} == {"config.json", "model.safetensors",
-                                                    "optimizer.safetensors",
+                                                    "optimizer.safetensors", "optimizer.json",
                                                     "trainer_state.json"}
     state = json.loads((run / "checkpoints" / "last" / "trainer_state.json").read_text())
     assert state["step"] == 30
@@ -86,7 +86,7 @@ def test_resume_continues_exactly_from_the_checkpoint(corpus, tmp_path):
     cfg = config(corpus, whole, steps=8, eval_every=4, log_every=2)
     train_embedder(load_train_config(cfg))
     train_embedder(load_train_config({**cfg, "run_dir": str(split), "steps": 4}))
-    with pytest.raises(ConfigError, match="already has checkpoints: set resume"):
+    with pytest.raises(ConfigError, match="already has a checkpoints folder: set resume"):
         train_embedder(load_train_config({**cfg, "run_dir": str(split)}))
     last = split / "checkpoints" / "last"
     assert lrag(["train-embedder", str(write_yaml(tmp_path, {**cfg, "run_dir": str(split)})),
@@ -253,10 +253,10 @@ def test_collect_latents_is_resumable_and_matches_lrag_run(tmp_path, monkeypatch
 
     # the same videos as the streams of `lrag run` on that config
     from lrag_framework.config import validate
-    from lrag_framework.runner import build_components, generate
+    from lrag_framework.generation.pipeline import Pipeline
 
     run = validate(corpus_config(out)["run"])
-    reference = generate(run, build_components(run), retrieval=False).latents
+    reference = Pipeline(run).setup(warm_up=False).generate("native").latents
     for i in range(3):
         torch.testing.assert_close(c.frames(i), reference[i], rtol=0, atol=0)
 

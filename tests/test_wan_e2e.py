@@ -93,6 +93,12 @@ def frames_of(path):
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
+def backbone_of(cfg):
+    from lrag_framework.generation.pipeline import Pipeline
+
+    return Pipeline(lrag_framework.load_config(cfg)).setup(warm_up=False).backbone
+
+
 def test_text_to_streamed_mp4_with_schedule_and_image_start(base, tmp_path, image):
     result = lrag_framework.run(config(base, tmp_path, image))
     mode_dir = result.run_dir / "retrieval"
@@ -102,9 +108,8 @@ def test_text_to_streamed_mp4_with_schedule_and_image_start(base, tmp_path, imag
     assert not list(result.run_dir.rglob("*.partial*"))
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # two distinct prompts
 
-    comps = lrag_framework.runner.build_components(lrag_framework.load_config(
-        config(base, tmp_path, image)))
-    backbone, latents = comps.backbone, result.latents["retrieval"]
+    backbone = backbone_of(config(base, tmp_path, image))
+    latents = result.latents["retrieval"]
     from lrag_framework.outputs.media import read_image
 
     start = backbone.encode(read_image(image, (32, 48))[None, None])
@@ -152,11 +157,11 @@ def test_side_stream_decoding_writes_the_decoded_frames_in_order(base, tmp_path,
     cfg = config(base, tmp_path, image)
     cfg["device"] = "cuda"
     result = lrag_framework.run(cfg)
-    comps = lrag_framework.runner.build_components(lrag_framework.load_config(cfg))
+    backbone = backbone_of(cfg)
     latents = result.latents["retrieval"]
     for s in range(2):
         video = frames_of(result.run_dir / "retrieval" / f"stream_{s:03d}.mp4")
-        expected = to_uint8_frames(comps.backbone.decode(latents[s:s + 1].cuda())[0])
+        expected = to_uint8_frames(backbone.decode(latents[s:s + 1].cuda())[0])
         assert video.shape == expected.shape
         video, expected = video.astype(float), expected.astype(float)
         error = np.abs(video - expected).mean(axis=(1, 2, 3))  # h264 of noise-like frames:

@@ -1,4 +1,4 @@
-"""The block loop: plan context -> denoising steps -> recache -> embed -> index -> evict.
+"""The block loop: plan context -> denoising steps -> embed, index, retrieve next -> recache.
 
 The engine owns every random draw (one generator per stream, drawn in a fixed order whether or not
 retrieval runs, so native and retrieval runs see identical noise), the history memory and the
@@ -6,7 +6,6 @@ context plan; a backbone only prepares the planned context, denoises and returns
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -16,7 +15,8 @@ from torch import Tensor
 
 from ..interfaces import Backbone, Conditioning, Context, Embedder, Retriever
 from .memory import KVMemory
-from .plan import Geometry, plan_block
+from .plan import Geometry, Plan, plan_block
+from .timing import Stopwatch
 
 
 def stream_generator(seed: int, stream: int) -> torch.Generator:
@@ -27,8 +27,7 @@ def stream_generator(seed: int, stream: int) -> torch.Generator:
 
 @dataclass
 class EngineOptions:
-    geometry: Geometry
-    retrieval: bool = True
+    geometry: Geometry  # k = 0: no retrieval (native)
     query: str = "last_frame"
     cross_segments: bool = True  # may retrieval return frames of an earlier prompt segment
     budget_bytes: float = 16 * 2 ** 30
@@ -55,12 +54,9 @@ class Engine:
         errors = self.g.check()
         if errors:
             raise ValueError("; ".join(errors))
-        if options.retrieval and (embedder is None or retriever is None):
+        self.retrieving = self.g.k > 0
+        if self.retrieving and (embedder is None or retriever is None):
             raise ValueError("retrieval needs an embedder and a retriever")
-
-    @property
-    def retrieving(self) -> bool:
-        return self.opt.retrieval and self.g.k > 0
 
     def generate(self, cond: Conditioning, generators: list[torch.Generator], num_frames: int,
                  prefix: Tensor | None = None, initial_noise: Tensor | None = None,
@@ -77,56 +73,54 @@ class Engine:
         n_prefix = 0 if prefix is None else prefix.shape[1]
         if n_prefix > num_frames:
             raise ValueError(f"prefix of {n_prefix} frames is longer than num_frames {num_frames}")
-        t0 = time.perf_counter()
-        memory = KVMemory(spec, b, num_frames, g.window + g.block, self.opt.budget_bytes,
-                          self.opt.policy, self.device, self.opt.storage, self.opt.tier, g.sink)
-        setup = time.perf_counter() - t0
+        clock = Stopwatch("denoise", "recache", "retrieval", "plan_gather", "memory_setup")
+        with clock("memory_setup"):
+            memory = KVMemory(spec, b, num_frames, g.window + g.block, self.opt.budget_bytes,
+                              self.opt.policy, self.device, self.opt.storage, self.opt.tier,
+                              g.sink)
         out = torch.zeros((b, num_frames, *shape), device=self.device)
         ts = self.backbone.timesteps()
         starts = self._block_starts(num_frames, n_prefix)
+        ends = starts[1:] + [num_frames]
         cond = cond.aligned(starts)
         switches = set(cond.switch_frames)
         segments = cond.segments(torch.arange(num_frames)).expand(b, -1)  # [B, T]
         if self.retrieving:
             self.retriever.reset()
-        log, retrieved = [], [[] for _ in range(b)]  # the first block retrieves nothing
-        clock = {"denoise": 0.0, "recache": 0.0, "retrieval": 0.0, "plan_gather": 0.0,
-                 "memory_setup": setup}
-        for i, start in enumerate(starts):
-            end = starts[i + 1] if i + 1 < len(starts) else num_frames
+        log, nothing = [], [[] for _ in range(b)]
+        plan = plan_block(g, 0, ends[0], nothing)  # the first block retrieves nothing
+        for i, (start, end) in enumerate(zip(starts, ends)):
             if start in switches and start > 0:
                 self._recache_window(out, cond, memory, start, end - start)
-            t1 = time.perf_counter()
-            prepared = self._prepare(memory, start, end - start, retrieved)
-            t2 = time.perf_counter()
-            if start < n_prefix:
-                clean = prefix[:, start:end].to(self.device, torch.float32)
-            else:
-                init = None if initial_noise is None else initial_noise[:, start:end]
-                clean = self._denoise(cond, prepared, generators, ts, end - start, init)
-            t3 = time.perf_counter()
-            memory.reserve(start, end - start, droppable_below=g.first_cached(end, g.block),
-                           keep=g.sink)
-            if self.retrieving and end < num_frames:  # the next block's context, known now:
-                query = self._index(clean, start)  # its copy overlaps this block's recache
-                retrieved, entry = self._retrieve(query, memory, end, segments)
-                after = starts[i + 2] if i + 2 < len(starts) else num_frames
-                memory.prefetch(plan_block(g, end, after - end, retrieved).frame_ids, end)
-                if entry is not None:
-                    log.append(entry)
-            t4 = time.perf_counter()
-            memory.store(start, self.backbone.recache(clean, cond, prepared))
-            out[:, start:end] = clean.float()
-            t5 = time.perf_counter()
-            clock["retrieval"] += t4 - t3
-            clock["plan_gather"] += t2 - t1
-            clock["denoise"] += t3 - t2
-            clock["recache"] += t5 - t4
+            with clock("plan_gather"):
+                prepared = self.backbone.prepare(self._context(memory, plan, start))
+            with clock("denoise"):
+                if start < n_prefix:
+                    clean = prefix[:, start:end].to(self.device, torch.float32)
+                else:
+                    init = None if initial_noise is None else initial_noise[:, start:end]
+                    clean = self._denoise(cond, prepared, generators, ts, end - start, init)
+            with clock("retrieval"):  # the next block's context, known before this recache:
+                after = ends[i + 1] - end if end < num_frames else g.block  # a last block may
+                memory.reserve(start, end - start,  # be shorter: it sees older frames
+                               droppable_below=g.first_cached(end, after), keep=g.sink)
+                if end < num_frames:
+                    retrieved = nothing
+                    if self.retrieving:
+                        retrieved, entry = self._retrieve(self._index(clean, start), memory, end,
+                                                          segments)
+                        log += [entry] if entry is not None else []
+                    plan = plan_block(g, end, after, retrieved)
+                    if self.retrieving:  # the host tier's copy overlaps the recache pass
+                        memory.prefetch(plan.frame_ids, end)
+            with clock("recache"):
+                memory.store(start, self.backbone.recache(clean, cond, prepared))
+                out[:, start:end] = clean.float()
             if on_block:
                 on_block(end, clean)
         mem = {"kv_pool_bytes": memory.bytes, "kv_frame_bytes": memory.frame_bytes,
                "kv_capacity_frames": memory.capacity, "kv_dropped_frames": memory.dropped}
-        return Generation(out.cpu(), log, clock, mem)
+        return Generation(out.cpu(), log, clock.seconds, mem)
 
     def _block_starts(self, num_frames: int, n_prefix: int) -> list[int]:
         starts, start = [], 0
@@ -141,8 +135,6 @@ class Engine:
         """Top-K of the eligible frames for each stream; ``segments`` [B, T]: prompt segment of
         every frame (retrieval stays inside the current one unless ``cross_segments``)."""
         b = segments.shape[0]
-        if not self.retrieving:
-            return [[] for _ in range(b)], None
         mask = self.g.eligible(start, memory.has_kv()).expand(b, -1)  # [B, T]
         if not self.opt.cross_segments:
             mask = mask & (segments[:, :start] == segments[:, start:start + 1])
@@ -161,14 +153,13 @@ class Engine:
             entry["scores"][s] = [round(v, 6) for v in scores[s, :n].tolist()]
         return entry["ids"], entry
 
-    def _prepare(self, memory: KVMemory, start: int, size: int, retrieved: list[list[int]],
-                 cond_frame: int | None = None):
-        plan = plan_block(self.g, start, size, retrieved)
-        ctx = Context(kv=memory.gather(plan.frame_ids, start), frame_ids=plan.frame_ids,
-                      positions=plan.positions, roles=plan.roles, valid=plan.valid,
-                      block_start=start, block_positions=plan.block_positions,
-                      cond_frame=cond_frame)
-        return self.backbone.prepare(ctx)
+    @staticmethod
+    def _context(memory: KVMemory, plan: Plan, start: int, cond_frame: int | None = None
+                 ) -> Context:
+        return Context(kv=memory.gather(plan.frame_ids, start), frame_ids=plan.frame_ids,
+                       positions=plan.positions, roles=plan.roles, valid=plan.valid,
+                       block_start=start, block_positions=plan.block_positions,
+                       cond_frame=cond_frame)
 
     def _denoise(self, cond, prepared, generators, ts, size, init):
         shape = (size, *self.backbone.spec.latent_shape)
@@ -205,6 +196,7 @@ class Engine:
         for s, n in chunks:
             if n <= 0:
                 continue
-            prepared = self._prepare(memory, s, n, [[] for _ in range(b)], cond_frame=start)
+            plan = plan_block(g, s, n, [[] for _ in range(b)])
+            prepared = self.backbone.prepare(self._context(memory, plan, s, cond_frame=start))
             kv = self.backbone.recache(out[:, s:s + n], cond, prepared)
             memory.write(s, kv, droppable_below=0, keep=0)

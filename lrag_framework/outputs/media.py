@@ -1,7 +1,7 @@
 """Media I/O: a streaming mp4 writer that is playable while it grows, and image/video readers.
 
-Videos go through imageio-ffmpeg (its bundled ffmpeg binary) or, when it is not importable,
-PyAV. Images go through Pillow. Readers return float tensors in [-1, 1], resized to cover the
+Videos go through imageio-ffmpeg (its bundled ffmpeg binary: nothing to install beside the wheel).
+Images go through Pillow. Readers return float tensors in [-1, 1], resized to cover the
 requested size keeping the aspect ratio (Lanczos) and centre-cropped to it exactly.
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Self
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..files import partial_name
 
 
 def uint8_frames(pixels: Tensor, scale: int = 1) -> Tensor:
@@ -45,27 +47,8 @@ def side_by_side(*videos: np.ndarray, gap: int = 4) -> np.ndarray:
     return np.concatenate(parts, axis=2)
 
 
-BACKENDS = ("auto", "imageio", "pyav")
 # Fragmented mp4: an empty moov up front, then one self-contained moof+mdat per keyframe.
 _MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
-
-
-def partial_path(path: str | Path) -> Path:
-    """The sibling name a file carries while it is written: ``dir/.NAME.partial.mp4``."""
-    path = Path(path)
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
-
-
-def _resolve_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend != "auto":
-        return backend
-    try:
-        import imageio_ffmpeg  # noqa: F401
-    except ImportError:
-        return "pyav"
-    return "imageio"
 
 
 def _imageio_sink(path: Path, fps: Fraction, size: tuple[int, int], gop: int, crf: int):
@@ -79,36 +62,13 @@ def _imageio_sink(path: Path, fps: Fraction, size: tuple[int, int], gop: int, cr
                        "-movflags", _MOVFLAGS, "-flush_packets", "1", "-f", "mp4"])
 
 
-def _pyav_sink(path: Path, fps: Fraction, size: tuple[int, int], gop: int, crf: int):
-    """Like imageio-ffmpeg's ``write_frames``: a generator to send frames to, closed to finish."""
-    import av
-
-    container = av.open(str(path), "w", format="mp4",
-                        container_options={"movflags": _MOVFLAGS, "flush_packets": "1"})
-    try:
-        stream = container.add_stream("libx264", rate=fps,
-                                      options={"crf": str(crf), "tune": "zerolatency"})
-        stream.height, stream.width = size
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.gop_size = gop
-        try:
-            while True:
-                frame = yield  # uint8 [H, W, 3]
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        except GeneratorExit:
-            container.mux(stream.encode(None))
-    finally:
-        container.close()
-
-
 class StreamingVideoWriter:
     """Append uint8 frames [T, H, W, 3] block by block to an h264 mp4 that plays while it grows.
 
     Fragmented mp4 (one fragment per keyframe, a keyframe at least every ``keyframe_seconds``)
-    is written under the partial name ``.NAME.partial.mp4`` beside ``path``; every fragment on
-    disk plays. x264 runs with ``tune=zerolatency``, so a frame leaves the encoder as it arrives:
-    with PyAV each fragment closed by an appended keyframe is on disk when ``append`` returns;
-    with imageio-ffmpeg the ffmpeg process behind the pipe writes it moments later.
+    is written under the partial name ``NAME.partial.mp4`` beside ``path``; every fragment on
+    disk plays. x264 runs with ``tune=zerolatency``, so a frame leaves the encoder as it arrives
+    and the ffmpeg process behind the pipe writes it moments later.
 
     A clean exit (``close()``, or leaving the ``with`` block normally) finishes the file and
     renames it to ``path`` (os.replace). On an exception inside the ``with`` block the encoder is
@@ -118,7 +78,7 @@ class StreamingVideoWriter:
     """
 
     def __init__(self, path: str | Path, fps: float, keyframe_seconds: float = 1.0,
-                 crf: int = 20, backend: str = "auto"):
+                 crf: int = 20):
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
             raise ValueError(f"StreamingVideoWriter writes .mp4 files, got {self.path}")
@@ -127,11 +87,10 @@ class StreamingVideoWriter:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         if not 0 <= crf <= 51:
             raise ValueError(f"crf must be in [0, 51], got {crf!r}")
-        self.partial = partial_path(self.path)
+        self.partial = partial_name(self.path)
         self.fps = Fraction(fps).limit_denominator(1001)
         self.gop = max(1, round(float(self.fps) * keyframe_seconds))
         self.crf = int(crf)
-        self.backend = _resolve_backend(backend)
         self.frames_written = 0
         self._size: tuple[int, int] | None = None  # (h, w) after the even crop
         self._sink = None  # started by the first append
@@ -149,8 +108,7 @@ class StreamingVideoWriter:
         if self._sink is None:
             if min(size) == 0:
                 raise ValueError(f"frames must be at least 2x2 pixels, got {frames.shape[1:3]}")
-            make = _imageio_sink if self.backend == "imageio" else _pyav_sink
-            self._sink = make(self.partial, self.fps, size, self.gop, self.crf)
+            self._sink = _imageio_sink(self.partial, self.fps, size, self.gop, self.crf)
             self._sink.send(None)  # start the generator
             self._size = size
         elif size != self._size:
@@ -224,42 +182,26 @@ def read_image(path: str | Path, size: tuple[int, int]) -> Tensor:
 
 
 @contextmanager
-def _video_frames(path: Path, backend: str, max_frames: int | None = None):
+def _video_frames(path: Path, max_frames: int | None = None):
     """Open a video: yield (fps, iterator of uint8 frames [H, W, 3]); decoding stops on exit."""
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
-    if backend == "imageio":
-        import imageio_ffmpeg
+    import imageio_ffmpeg
 
-        limit = ["-frames:v", str(max_frames)] if max_frames else []
-        reader = imageio_ffmpeg.read_frames(str(path), output_params=limit)
-        try:
-            meta = next(reader)
-        except (OSError, RuntimeError, StopIteration) as err:
-            reader.close()
-            raise ValueError(f"cannot read video {path}: {str(err).splitlines()[0]}") from err
-        w, h = meta["size"]
-        try:
-            yield meta["fps"], (np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in reader)
-        finally:
-            reader.close()  # stops the ffmpeg process
-        return
-    import av
-
+    limit = ["-frames:v", str(max_frames)] if max_frames else []
+    reader = imageio_ffmpeg.read_frames(str(path), output_params=limit)
     try:
-        container = av.open(str(path))
-    except av.FFmpegError as err:
-        raise ValueError(f"cannot read video {path}: {err}") from err
-    with container:
-        if not container.streams.video:
-            raise ValueError(f"video {path} has no video stream")
-        stream = container.streams.video[0]
-        frames = (f.to_ndarray(format="rgb24") for f in container.decode(stream))
-        yield float(stream.average_rate or 0), frames
-
-
-def read_video(path: str | Path, size: tuple[int, int], max_frames: int | None = None,
-               backend: str = "auto") -> Tensor:
+        meta = next(reader)
+    except (OSError, RuntimeError, StopIteration) as err:
+        reader.close()
+        raise ValueError(f"cannot read video {path}: {str(err).splitlines()[0]}") from err
+    w, h = meta["size"]
+    try:
+        yield meta["fps"], (np.frombuffer(b, np.uint8).reshape(h, w, 3) for b in reader)
+    finally:
+        reader.close()  # stops the ffmpeg process
+def read_video(path: str | Path, size: tuple[int, int], max_frames: int | None = None
+               ) -> Tensor:
     """A video -> [T, 3, h, w] in [-1, 1], each frame cover-resized and centre-cropped to ``size``.
 
     ``max_frames`` decodes only that many frames from the start, never the whole file.
@@ -270,7 +212,7 @@ def read_video(path: str | Path, size: tuple[int, int], max_frames: int | None =
     if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
         raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}")
     path = Path(path)
-    with _video_frames(path, _resolve_backend(backend), max_frames) as (_, frames):
+    with _video_frames(path, max_frames) as (_, frames):
         out = [_fit(Image.fromarray(f), size) for f in itertools.islice(frames, max_frames)]
     if not out:
         raise ValueError(f"video {path} has no frames")
@@ -278,7 +220,7 @@ def read_video(path: str | Path, size: tuple[int, int], max_frames: int | None =
 
 
 def side_by_side_files(paths: list, out_path: str | Path, fps: float | None = None,
-                       gap: int = 4, backend: str = "auto") -> int:
+                       gap: int = 4) -> int:
     """Stream two or more videos, frame by frame, into one side-by-side mp4; return its length.
 
     A white ``gap`` px column separates the inputs, shorter ones are padded black at the bottom
@@ -287,10 +229,9 @@ def side_by_side_files(paths: list, out_path: str | Path, fps: float | None = No
     """
     if len(paths) < 2:
         raise ValueError(f"side_by_side_files needs at least 2 videos, got {len(paths)}")
-    backend = _resolve_backend(backend)
     with ExitStack() as stack:
-        opened = [stack.enter_context(_video_frames(Path(p), backend)) for p in paths]
-        with StreamingVideoWriter(out_path, fps or opened[0][0], backend=backend) as writer:
+        opened = [stack.enter_context(_video_frames(Path(p))) for p in paths]
+        with StreamingVideoWriter(out_path, fps or opened[0][0]) as writer:
             for frames in zip(*(it for _, it in opened)):
                 writer.append(side_by_side(*(f[None] for f in frames), gap=gap))  # [1, H, W, 3]
     return writer.frames_written

@@ -17,20 +17,20 @@ collecting again skips the shards already there.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
-from ..config import ConfigError, RunConfig, apply_overrides, read_config, validate
+from ..config import ConfigError, RunConfig, apply_overrides, read_config, validate, \
+    validation_errors
+from ..devices import DTYPES
+from ..files import write_json, write_tensors
 
 SCHEMA_VERSION = 1
 MANIFEST = "corpus.json"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class CorpusConfig(BaseModel):
@@ -54,8 +54,6 @@ def video_key(stream: int) -> str:
 
 def write_shard(path: str | Path, videos: dict[str, Tensor], metas: list[dict]) -> None:
     """One shard: ``videos`` = key -> [F, C, H, W]; ``metas`` one dict per video (with ``key``)."""
-    from ..files import write_tensors
-
     if sorted(m["key"] for m in metas) != sorted(videos):
         raise ValueError(f"shard {path}: metadata keys {[m['key'] for m in metas]} != tensor "
                          f"keys {sorted(videos)}")
@@ -131,62 +129,53 @@ def _check_manifest(path: Path, manifest: dict) -> None:
                             f"differ); use another out_dir or remove it")])
 
 
-def collect_latents(cfg: CorpusConfig, progress: bool = False) -> dict:
-    """Generate every video of ``cfg.run`` not yet on disk; returns counts and the out_dir."""
-    from tqdm import tqdm
-
-    from ..generation.engine import stream_generator
-    from ..files import write_json
-    from ..runner import (build_components, geometry, load_prefix, make_engine, references_of,
-                         streams_of)
+def collect_latents(cfg: CorpusConfig, progress: Callable[[int], object] | None = None) -> dict:
+    """Generate every video of ``cfg.run`` not yet on disk; returns counts and the out_dir.
+    ``progress(total videos)``: an object with ``update(n)`` and ``close()`` (e.g. tqdm)."""
+    from ..generation.pipeline import Pipeline, modes_of
 
     try:
         run = validate(cfg.run)
     except ConfigError as err:
         raise ConfigError([f"run.{e}" for e in err.errors]) from None
     out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(cfg, run)
     if (out / MANIFEST).exists():
         _check_manifest(out / MANIFEST, manifest)
-    else:
-        write_json(out / MANIFEST, manifest)
-    streams = streams_of(run)
-    shards = [streams[i:i + cfg.shard_size] for i in range(0, len(streams), cfg.shard_size)]
+    pipe = Pipeline(run)
+    shards = [pipe.streams[i:i + cfg.shard_size]
+              for i in range(0, len(pipe.streams), cfg.shard_size)]
     todo = [i for i in range(len(shards)) if not (out / shard_name(i)).exists()]
-    counts = {"out_dir": str(out), "videos": len(streams), "shards": len(shards),
+    counts = {"out_dir": str(out), "videos": len(pipe.streams), "shards": len(shards),
               "written": len(todo), "skipped": len(shards) - len(todo)}
     if not todo:
         return counts
-    comps = build_components(run)
-    retrieval = run.retrieval.enabled and geometry(run, comps.backbone.spec).k > 0
-    engine = make_engine(run, comps, retrieval)
-    prefix = None if run.prefix is None else load_prefix(
-        run, comps.backbone, references_of(run, comps.backbone))
-    frames = run.generation.num_frames
-    backbone = run.backbone.model_dump(mode="json")
-    bar = tqdm(total=sum(len(shards[i]) for i in todo), unit="video", disable=not progress,
-               desc="collect-latents", file=sys.stderr)
-    for index in todo:
-        videos, metas = {}, []
-        for first in range(0, len(shards[index]), run.generation.batch_size):
-            batch = shards[index][first:first + run.generation.batch_size]
-            cond = comps.backbone.encode_conditioning(
-                [run.conditionings[s["conditioning"]] for s in batch], frames)
-            ids = [s["stream"] for s in batch]
-            gen = engine.generate(cond, [stream_generator(s["seed"], s["stream"]) for s in batch],
-                                  frames, prefix=None if prefix is None else prefix[ids])
-            for s, latents in zip(batch, gen.latents):  # [F, C, H, W] each
-                key = video_key(s["stream"])
-                videos[key] = latents.to(DTYPES[cfg.dtype])
-                metas.append({"key": key, "stream": s["stream"],
-                              "conditioning_index": s["conditioning"],
-                              "conditioning": run.conditionings[s["conditioning"]],
-                              "sample": s["sample"], "seed": s["seed"], "backbone": backbone,
-                              "frames": frames, "retrieval": retrieval})
-            bar.update(len(batch))
-        write_shard(out / shard_name(index), videos, metas)
-    bar.close()
+    with pipe.setup(warm_up=False):
+        mode = modes_of(run)[-1]  # retrieval when enabled, else native
+        retrieval = pipe.geometry_of(mode).k > 0
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / MANIFEST).exists():
+            write_json(out / MANIFEST, manifest)
+        backbone = run.backbone.model_dump(mode="json")
+        bar = progress(sum(len(shards[i]) for i in todo)) if progress else None
+        try:
+            for index in todo:
+                gen = pipe.generate(mode, shards[index],
+                                    on_frames=None if bar is None else
+                                    lambda n: bar.update(n / run.generation.num_frames))
+                videos, metas = {}, []
+                for s, latents in zip(shards[index], gen.latents):  # [F, C, H, W] each
+                    key = video_key(s.index)
+                    videos[key] = latents.to(DTYPES[cfg.dtype])
+                    metas.append({"key": key, "stream": s.index,
+                                  "conditioning_index": s.conditioning,
+                                  "conditioning": run.conditionings[s.conditioning],
+                                  "sample": s.sample, "seed": s.seed, "backbone": backbone,
+                                  "frames": run.generation.num_frames, "retrieval": retrieval})
+                write_shard(out / shard_name(index), videos, metas)
+        finally:
+            if bar is not None:
+                bar.close()
     return counts
 
 
@@ -197,16 +186,4 @@ def load_corpus_config(path: str | Path | None, overrides: list[str]) -> CorpusC
     try:
         return CorpusConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError([f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}"
-                           for e in err.errors()]) from None
-
-
-def collect_latents_cli(config_path: str | None, overrides: list[str]) -> int:
-    try:
-        counts = collect_latents(load_corpus_config(config_path, overrides), progress=True)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    print(f"{counts['out_dir']}: {counts['videos']} videos in {counts['shards']} shards "
-          f"({counts['written']} written, {counts['skipped']} already there)")
-    return 0
+        raise ConfigError(validation_errors(err)) from None

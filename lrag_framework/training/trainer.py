@@ -15,22 +15,23 @@ checkpoint continues exactly as if it had not stopped. Run directory::
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import ComponentConfig, ConfigError, apply_overrides, read_config
+from ..config import ComponentConfig, ConfigError, apply_overrides, read_config, \
+    validation_errors
+from ..devices import resolve_device
+from ..files import (append_jsonl, atomic_dir, is_checkpoint, load_optimizer, load_state_strict,
+                     read_tensors, save_optimizer, write_jsonl, write_yaml)
 from ..interfaces import LossInputs
 
-STATE_FILE, OPTIM_FILE, WEIGHTS_FILE = "trainer_state.json", "optimizer.safetensors", \
-    "model.safetensors"
+STATE_FILE, WEIGHTS_FILE = "trainer_state.json", "model.safetensors"
 
 
 class Strict(BaseModel):
@@ -83,8 +84,7 @@ def load_train_config(source, overrides: list[str] = ()) -> TrainConfig:
     try:
         cfg = TrainConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError([f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}"
-                           for e in err.errors()]) from None
+        raise ConfigError(validation_errors(err)) from None
     registry = load_plugins(disabled=tuple(cfg.disable_plugins))
     comps = [("embedder", "embedder", cfg.embedder)]
     comps += [("loss", f"losses.{i}", c) for i, c in enumerate(cfg.losses)]
@@ -96,8 +96,7 @@ def load_train_config(source, overrides: list[str] = ()) -> TrainConfig:
         except PluginError as err:
             errors.append(f"{where}.name: {err}")
         except ValidationError as err:
-            errors += [f"{where}.params.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                       for e in err.errors()]
+            errors += validation_errors(err, f"{where}.params")
     if errors:
         raise ConfigError(errors)
     return cfg
@@ -201,76 +200,26 @@ def validate_model(model, losses, labels, corpus, chunks, cfg: TrainConfig, devi
 
 # ---------------------------------------------------------------------------- checkpoints
 
-def _optimizer_tensors(opt) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors = {f"{pid}.{k}": v for pid, st in sd["state"].items() for k, v in st.items()
-               if torch.is_tensor(v)}
-    scalars = {str(pid): {k: v for k, v in st.items() if not torch.is_tensor(v)}
-               for pid, st in sd["state"].items()}
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _load_optimizer(opt, folder: Path, meta: dict, device) -> None:
-    from safetensors.torch import load_file
-
-    state: dict[int, dict] = {int(p): dict(v) for p, v in meta["scalars"].items()}
-    for key, value in load_file(str(folder / OPTIM_FILE), device=str(device)).items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 def save_checkpoint(folder: Path, embedder, opt, trainer_state: dict) -> None:
-    """Write a checkpoint folder under a temporary name, then swap it in."""
-    from safetensors.torch import save_file
-
-    tmp = folder.with_name(f".{folder.name}.partial")
-    old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    embedder.save(tmp)
-    tensors, meta = _optimizer_tensors(opt)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / OPTIM_FILE))
-    (tmp / STATE_FILE).write_text(json.dumps({**trainer_state, "optimizer": meta}, indent=1))
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    """Weights folder (``embedder.save``), optimizer state and trainer state, swapped in whole."""
+    with atomic_dir(folder) as tmp:
+        embedder.save(tmp)
+        save_optimizer(tmp, opt)
+        (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
 
 
 def load_checkpoint(folder: Path, model, opt, device) -> dict:
     """Restore weights (strictly) and optimizer state; returns the trainer state."""
-    from safetensors.torch import load_file
-
-    for name in (STATE_FILE, OPTIM_FILE, WEIGHTS_FILE):
-        if not (folder / name).is_file():
-            raise ConfigError([f"resume: {folder} is not a training checkpoint (no {name})"])
+    if not is_checkpoint(folder, STATE_FILE, WEIGHTS_FILE):
+        raise ConfigError([f"resume: {folder} is not a complete training checkpoint"])
     state = json.loads((folder / STATE_FILE).read_text())
-    weights = load_file(str(folder / WEIGHTS_FILE), device=str(device))
-    missing, unexpected = model.state_dict().keys() - weights.keys(), \
-        weights.keys() - model.state_dict().keys()
-    if missing or unexpected:
-        raise ConfigError([(f"resume: {folder} does not fit the embedder: missing "
-                            f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")])
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:  # shape mismatches
-        raise ConfigError([f"resume: {folder} does not fit the embedder: {err}"]) from None
-    _load_optimizer(opt, folder, state["optimizer"], device)
+    weights = read_tensors(folder / WEIGHTS_FILE, device, "embedder weights")
+    load_state_strict(model, weights, f"resume: {folder}")
+    load_optimizer(folder, opt, device)
     return state
 
 
 # ---------------------------------------------------------------------------- the run
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not (name == "cpu" or name.startswith("cuda")):
-        raise ConfigError([f"device: expected auto, cpu or cuda[:N], got {name!r}"])
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError([f"device {name}: CUDA is not available on this machine"])
-    return torch.device(name)
-
 
 def _trainable(embedder, name: str):
     model = getattr(embedder, "model", None)
@@ -280,28 +229,30 @@ def _trainable(embedder, name: str):
     return model
 
 
-def _append(path: Path, row: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def train_embedder(cfg: TrainConfig, progress: bool = False) -> dict:
-    """Train, validate every ``eval_every`` steps (checkpoints last/best), evaluate retrieval."""
-    from tqdm import tqdm
-
-    from .corpus import LatentCorpus
-    from ..files import atomic_path, write_jsonl
+def train_embedder(cfg: TrainConfig,
+                   progress: Callable[[int, int], object] | None = None) -> dict:
+    """Train, validate every ``eval_every`` steps (checkpoints last/best), evaluate retrieval.
+    ``progress(total, initial)``: an object with ``update(n)``, ``set_postfix`` and ``close``
+    (e.g. tqdm)."""
     from ..plugins import load_plugins
+    from .corpus import LatentCorpus
     from .retrieval_eval import plot_losses
 
     registry = load_plugins(disabled=tuple(cfg.disable_plugins))
-    device = _device(cfg.device)
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as err:
+        raise ConfigError([str(err)]) from None
     amp = cfg.amp and device.type == "cuda"
     run_dir, metrics = Path(cfg.run_dir), Path(cfg.run_dir) / "metrics.jsonl"
     ckpts = run_dir / "checkpoints"
     if ckpts.exists() and cfg.resume is None:
-        raise ConfigError([(f"run_dir {run_dir} already has checkpoints: set resume to "
-                            f"{ckpts / 'last'} to continue, or choose another run_dir")])
+        last = ckpts / "last"
+        advice = (f"set resume to {last} to continue" if is_checkpoint(last, STATE_FILE)
+                  else "it has no complete checkpoint yet (interrupted before the first "
+                  "eval_every steps): remove it")
+        raise ConfigError([f"run_dir {run_dir} already has a checkpoints folder: {advice}, "
+                           f"or choose another run_dir"])
     corpus = LatentCorpus(cfg.corpus)
     train, val = split_videos(corpus, cfg)
     embedder = registry.build("embedder", cfg.embedder.name, cfg.embedder.params).to(device)
@@ -319,13 +270,11 @@ def train_embedder(cfg: TrainConfig, progress: bool = False) -> dict:
                     if r["step"] <= step]
     ckpts.mkdir(parents=True, exist_ok=True)
     write_jsonl(metrics, rows)
-    with atomic_path(run_dir / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    write_yaml(run_dir / "config.yaml", cfg.model_dump(mode="json"))
     chunks = val_chunks(corpus, val, cfg)
 
     loader = BatchLoader(corpus, train, cfg, pin=device.type == "cuda")
-    bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=not progress,
-               desc="train-embedder", file=sys.stderr)
+    bar = progress(cfg.steps, step) if progress else None
     model.train()
     clock, samples = time.perf_counter(), 0
     while step < cfg.steps:
@@ -338,7 +287,8 @@ def train_embedder(cfg: TrainConfig, progress: bool = False) -> dict:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         step, samples = step + 1, samples + len(x)
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
             now = time.perf_counter()
             row = {"step": step, "split": "train", "total": float(total.detach()),
@@ -348,15 +298,17 @@ def train_embedder(cfg: TrainConfig, progress: bool = False) -> dict:
                 raise FloatingPointError(f"step {step}: loss is {row['total']} ({row['losses']})")
             clock, samples = now, 0
             rows.append(row)
-            _append(metrics, row)
-            bar.set_postfix(loss=f"{row['total']:.4g}")
+            append_jsonl(metrics, row)
+            if bar is not None:
+                bar.set_postfix(loss=f"{row['total']:.4g}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
             best = _evaluate_and_save(cfg, embedder, model, opt, losses, labels, corpus, chunks,
                                       device, amp, step, best, rows, metrics, ckpts)
             plot_losses(rows, run_dir / "losses.png")
             model.train()
             clock = time.perf_counter()  # chunks/s counts training steps only
-    bar.close()
+    if bar is not None:
+        bar.close()
     loader.close()
     result = {"run_dir": str(run_dir), "step": step, "best_val": best}
     if val:
@@ -373,7 +325,7 @@ def _evaluate_and_save(cfg, embedder, model, opt, losses, labels, corpus, chunks
         val = validate_model(model, losses, labels, corpus, chunks, cfg, device, amp)
         row = {"step": step, "split": "val", **val}
         rows.append(row)
-        _append(metrics, row)
+        append_jsonl(metrics, row)
         improved = best is None or val["total"] < best
         best = val["total"] if improved else best
     state = {"step": step, "best_val": best, "config": cfg.model_dump(mode="json")}
@@ -396,19 +348,3 @@ def _retrieval_eval(cfg, registry, embedder, corpus, val, device) -> dict:
     write_json(Path(cfg.run_dir) / "retrieval_eval.json", result)
     plot_retrieval(result, Path(cfg.run_dir) / "retrieval_eval.png")
     return result
-
-
-def train_embedder_cli(config_path: str | None, overrides: list[str]) -> int:
-    if config_path is None:
-        print("train-embedder needs a config file", file=sys.stderr)
-        return 2
-    try:
-        result = train_embedder(load_train_config(config_path, overrides), progress=True)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    print(f"trained to step {result['step']}; best validation loss {result['best_val']}")
-    for name, value in result.get("retrieval", {}).get("own_video_top1", {}).items():
-        print(f"  own-video top-1  {name:<28} {value:.3f}")
-    print(f"run directory: {result['run_dir']}")
-    return 0

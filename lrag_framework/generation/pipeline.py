@@ -1,0 +1,204 @@
+"""The Pipeline: every command that generates a whole config goes through it.
+
+``setup`` builds the components from the registry, derives and checks the geometry once, reads
+and checks the start frames and warms the backbone up; ``generate(mode)`` is the one batch loop
+over the config's streams (``native``: K = 0; ``retrieval``: the configured K); ``close``
+releases the components. It writes no files and prints nothing: ``lrag run`` hands its blocks
+to ``outputs.run_dir``, ``lrag collect-latents`` to the corpus writer, benchmarks time it.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import Tensor
+
+from ..config import ConfigError, RunConfig
+from ..devices import resolve_device, resolve_dtype
+from .engine import Engine, EngineOptions, Generation, stream_generator
+from .plan import Geometry
+from .prefix import check_prefix, load_prefix
+
+MODES = ("native", "retrieval")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One video of a run: conditioning ``conditioning``, sample ``sample``, noise generator
+    ``stream_generator(seed, index)``."""
+
+    index: int
+    conditioning: int
+    sample: int
+    seed: int
+
+    def as_dict(self) -> dict:
+        return {"stream": self.index, "conditioning": self.conditioning, "sample": self.sample,
+                "seed": self.seed}
+
+
+def streams_of(cfg: RunConfig) -> list[Stream]:
+    """Conditioning-major, then sample: stream ``i * samples + j``."""
+    n = cfg.samples_per_conditioning
+    return [Stream(i * n + j, i, j, cfg.generation.seed)
+            for i in range(len(cfg.conditionings)) for j in range(n)]
+
+
+def modes_of(cfg: RunConfig) -> list[str]:
+    modes = (["native"] if cfg.compare else []) + (["retrieval"] if cfg.retrieval.enabled else [])
+    return modes or ["native"]
+
+
+class Pipeline:
+    """A validated config, set up once, generating any of its modes."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.num_frames = cfg.generation.num_frames
+        self.streams = streams_of(cfg)
+        self.modes = modes_of(cfg)
+        self.backbone = self.embedder = self.retriever = None
+        self.prefix: Tensor | None = None
+        self.initial_noise: Tensor | None = None
+        self.references: list = []
+
+    # ------------------------------------------------------------------------ setup
+
+    def setup(self, prefix: Tensor | None = None, initial_noise: Tensor | None = None,
+              warm_up: bool = True) -> Pipeline:
+        """Components, geometry, references and start frames; raises ConfigError or
+        ComponentError before anything is generated."""
+        from ..plugins import load_plugins
+
+        cfg = self.cfg
+        registry = load_plugins(disabled=tuple(cfg.disable_plugins))
+        try:
+            self.device = resolve_device(cfg.device)
+        except ValueError as err:
+            raise ConfigError([str(err)]) from None
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.backbone = registry.build("backbone", cfg.backbone.name,
+                                       cfg.backbone.params).to(self.device, self.dtype)
+        self.geometry = self._geometry()
+        if "retrieval" in self.modes and self.geometry.k > 0:
+            self.embedder = registry.build("embedder", cfg.embedder.name,
+                                           cfg.embedder.params).to(self.device)
+            self.retriever = registry.build("retriever", cfg.retriever.name,
+                                            cfg.retriever.params)
+        by_item = [self.backbone.reference(item, self.num_frames) for item in cfg.conditionings]
+        self.references = [by_item[s.conditioning] for s in self.streams]
+        self.prefix = load_prefix(cfg, self.backbone, self.references) if prefix is None \
+            else prefix
+        if self.prefix is not None:
+            check_prefix(self.prefix, len(self.streams), self.num_frames,
+                         tuple(self.backbone.spec.latent_shape))
+        self.initial_noise = initial_noise
+        self.warm_up_seconds = self._warm_up() if warm_up else 0.0
+        return self
+
+    def _geometry(self) -> Geometry:
+        gen, ret, spec = self.cfg.generation, self.cfg.retrieval, self.backbone.spec
+        g = Geometry(block=gen.frames_per_block or spec.frames_per_block,
+                     window=gen.window or spec.window,
+                     sink=spec.sink if gen.sink is None else gen.sink,
+                     k=ret.k if ret.enabled else 0, recency=ret.recency,
+                     placement=ret.placement, retrieved_position=ret.retrieved_position)
+        errors = g.check()
+        if errors:
+            raise ConfigError(errors)
+        return g
+
+    def geometry_of(self, mode: str) -> Geometry:
+        """The retrieval geometry, or the same with K = 0 natively."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        return self.geometry if mode == "retrieval" else dataclasses.replace(self.geometry, k=0)
+
+    @property
+    def first_generated(self) -> int:
+        return 0 if self.prefix is None else self.prefix.shape[1]
+
+    def _options(self, g: Geometry, tier: str | None = None) -> EngineOptions:
+        m, r = self.cfg.memory, self.cfg.retrieval
+        return EngineOptions(g, query=r.query, cross_segments=r.cross_segments,
+                             budget_bytes=m.budget_gb * 2 ** 30, policy=m.policy,
+                             storage=m.storage, tier=m.tier if tier is None else tier)
+
+    def _warm_up(self) -> float:
+        """Discarded blocks until the window is full (every context size the run will see, with
+        the run's memory storage), so one-time costs (kernels, allocator, compilation) stay out
+        of the timings. Always on a device pool: a host pool is page-locked once, for the run."""
+        t = time.perf_counter()
+        g = self.geometry
+        engine = Engine(self.backbone, None, None,
+                        self._options(Geometry(g.block, g.window, g.sink), tier="auto"),
+                        self.device)
+        cond = self.backbone.encode_conditioning(self.cfg.conditionings[:1], self.num_frames)
+        engine.generate(cond, [stream_generator(0, 0)], min(self.num_frames, g.window + g.block))
+        return time.perf_counter() - t
+
+    # ------------------------------------------------------------------------ the batch loop
+
+    def generate(self, mode: str, streams: list[Stream] | None = None,
+                 video=None, on_frames: Callable[[int], None] | None = None) -> Generation:
+        """Generate ``streams`` (default: all) in batches of ``generation.batch_size``.
+
+        ``video`` (``outputs.streaming.VideoStreams``) decodes and writes each finished block;
+        its time is reported apart from generation's. ``on_frames(n)``: n more frames are done
+        (progress)."""
+        import torch
+
+        engine = Engine(self.backbone, self.embedder, self.retriever,
+                        self._options(self.geometry_of(mode)), self.device)
+        streams = self.streams if streams is None else streams
+        size = self.cfg.generation.batch_size
+        parts, logs, seconds, memory = [], [], {}, {}
+        start = time.perf_counter()
+        for first in range(0, len(streams), size):
+            batch = streams[first:first + size]
+            ids = [s.index for s in batch]
+            cond = self.backbone.encode_conditioning(
+                [self.cfg.conditionings[s.conditioning] for s in batch], self.num_frames)
+            done = [0]
+
+            def on_block(end, clean, done=done, n=len(batch)):
+                if on_frames:
+                    on_frames((end - done[0]) * n)
+                done[0] = end
+                if video is not None:
+                    video.append(clean)
+
+            with video.batch(ids) if video is not None else contextlib.nullcontext():
+                out = engine.generate(
+                    cond, [stream_generator(s.seed, s.index) for s in batch], self.num_frames,
+                    prefix=None if self.prefix is None else self.prefix[ids],
+                    initial_noise=None if self.initial_noise is None else self.initial_noise[ids],
+                    on_block=on_block)
+            parts.append(out.latents)
+            for entry in out.log:
+                entry["streams"] = ids
+            logs += out.log
+            seconds = {k: seconds.get(k, 0.0) + v for k, v in out.timings.items()}
+            memory = out.memory
+        seconds["total"] = time.perf_counter() - start - seconds["memory_setup"]  # apart
+        if video is not None:
+            seconds["total"] -= video.seconds
+            seconds["decode_write"] = video.seconds
+            seconds["first_frame"] = video.first_frame_seconds
+        return Generation(torch.cat(parts), logs, seconds, memory)
+
+    # ------------------------------------------------------------------------ teardown
+
+    def close(self) -> None:
+        """Release the components (and with them their device memory)."""
+        self.backbone = self.embedder = self.retriever = None
+        self.prefix = self.initial_noise = None
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,181 @@
+"""``run(config)``: a Pipeline's results on disk.
+
+The run directory is created only once the pipeline is set up (components built, geometry and
+start frames checked), so a bad config or input leaves nothing behind. Then, per mode, each
+finished block is decoded and appended to the growing videos (``streaming.VideoStreams``) and
+the mode's latents and retrieval log are written; at the end the side-by-side videos, the report
+against ground truth (``report``) and ``summary.json``. Every file appears under its final name
+only when complete (``files``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from torch import Tensor
+
+from ..config import ConfigError, RunConfig, load_config
+from ..files import write_json, write_jsonl, write_tensors, write_yaml
+from ..generation.engine import Generation
+from ..generation.pipeline import Pipeline
+from ..generation.plan import Geometry
+from .streaming import VideoStreams
+
+# progress(mode, total frames) -> an object with update(n) and close(), e.g. tqdm
+Progress = Callable[[str, int], object]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    latents: dict[str, Tensor]  # mode ("retrieval" / "native") -> [S, T, C, H, W]
+    summary: dict
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def run(config, overrides: list[str] = (), prefix: Tensor | None = None,
+        initial_noise: Tensor | None = None, progress: Progress | None = None) -> RunResult:
+    """Run a config (model, dict, YAML/JSON path, or None for the built-in default).
+
+    ``prefix`` [S, P, C, H, W]: start latents (instead of ``config.prefix``); ``initial_noise``
+    [S, T, C, H, W]: replaces each block's drawn initial noise."""
+    cfg = load_config(config, overrides)
+    with Pipeline(cfg).setup(prefix, initial_noise) as pipe:
+        return RunWriter(pipe).write(progress)
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    """A new directory under ``output.root``: ``output.name``, or timestamp + config name."""
+    root = Path(cfg.output.root)
+    if cfg.output.name:
+        name = cfg.output.name
+        if Path(name).name != name or name in (".", ".."):
+            raise ConfigError([f"output.name: {name!r} must be a plain folder name (it is "
+                               f"created inside output.root)"])
+        path = root / name
+        if path.exists():
+            raise ConfigError([f"output.name: run directory {path} exists; runs are never "
+                               f"overwritten: choose another output.name"])
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        label = re.sub(r"[^\w.-]+", "_", cfg.name)[:64] or "run"
+        path, i = root / f"{stamp}-{label}", 1
+        while path.exists():
+            path, i = root / f"{stamp}-{label}-{i}", i + 1
+    try:
+        path.mkdir(parents=True)
+    except OSError as err:
+        raise ConfigError([f"output.root: cannot create {path}: {err.strerror or err}"]) from None
+    return path
+
+
+class RunWriter:
+    """Writes one set-up pipeline's modes into a new run directory."""
+
+    def __init__(self, pipe: Pipeline):
+        self.pipe, self.cfg = pipe, pipe.cfg
+        self.keep_pixels = any(r is not None for r in pipe.references)
+
+    def write(self, progress: Progress | None = None) -> RunResult:
+        pipe, cfg = self.pipe, self.cfg
+        run_dir = run_dir_for(cfg)
+        write_yaml(run_dir / "config.yaml", cfg.model_dump(mode="json"))
+        latents, logs, pixels, summaries = {}, {}, {}, {}
+        paths = {"run_dir": run_dir}
+        for mode in pipe.modes:
+            gen, video = self._generate(run_dir / mode, mode, progress)
+            latents[mode], logs[mode] = gen.latents, gen.log
+            summaries[mode] = mode_summary(pipe.geometry_of(mode), mode, gen)
+            if self.keep_pixels:
+                pixels[mode] = video.stacked()
+            paths |= self._write_mode(run_dir / mode, mode, gen)
+        if len(pipe.modes) == 2 and cfg.output.video:
+            paths |= self._compare_videos(run_dir)
+        metrics, report_paths = self._report(run_dir, pixels, logs)
+        paths |= report_paths
+        for mode, m in (metrics or {}).items():
+            summaries[mode].update({k: v for k, v in m.items() if k != "psnr"})
+        summary = {"name": cfg.name, "device": str(pipe.device), "modes": summaries,
+                   "setup_seconds": {"warm_up": round(pipe.warm_up_seconds, 3)}}
+        if len(pipe.modes) == 2:
+            summary["retrieval_over_native_time"] = round(
+                summaries["retrieval"]["seconds"] / max(summaries["native"]["seconds"], 1e-9), 3)
+            summary["max_abs_latent_difference"] = float(
+                (latents["retrieval"] - latents["native"]).abs().max())
+        write_json(run_dir / "summary.json", summary)
+        paths["summary"] = run_dir / "summary.json"
+        return RunResult(run_dir, latents, summary, paths)
+
+    def _generate(self, folder: Path, mode: str, progress: Progress | None
+                  ) -> tuple[Generation, VideoStreams | None]:
+        pipe, out = self.pipe, self.cfg.output
+        folder.mkdir()
+        video = None
+        if out.video or self.keep_pixels:
+            video = VideoStreams(pipe.backbone, pipe.device, folder if out.video else None,
+                                 out.fps, out.video_scale, self.keep_pixels)
+        bar = progress(mode, pipe.num_frames * len(pipe.streams)) if progress else None
+        try:
+            gen = pipe.generate(mode, video=video, on_frames=bar.update if bar else None)
+        finally:
+            if bar is not None:
+                bar.close()
+        return gen, video
+
+    def _write_mode(self, folder: Path, mode: str, gen: Generation) -> dict[str, Path]:
+        paths = {}
+        meta = {"mode": mode, "streams": [s.as_dict() for s in self.pipe.streams],
+                "backbone": self.cfg.backbone.name}
+        if self.cfg.output.save_latents:
+            write_tensors(folder / "latents.safetensors", {"latents": gen.latents}, meta)
+            paths[f"{mode}_latents"] = folder / "latents.safetensors"
+        write_jsonl(folder / "retrieval.jsonl", gen.log)
+        paths[f"{mode}_log"] = folder / "retrieval.jsonl"
+        if self.cfg.output.video:
+            paths[f"{mode}_videos"] = folder
+        return paths
+
+    def _compare_videos(self, run_dir: Path) -> dict[str, Path]:
+        from .media import side_by_side_files
+
+        for s in self.pipe.streams:
+            name = f"stream_{s.index:03d}.mp4"
+            side_by_side_files([run_dir / "native" / name, run_dir / "retrieval" / name],
+                               run_dir / f"compare_{s.index:03d}.mp4", self.cfg.output.fps)
+        return {"compare_videos": run_dir}
+
+    def _report(self, run_dir: Path, pixels: dict, logs: dict) -> tuple[dict | None, dict]:
+        from .report import evaluate, plot_error, plot_retrieval_heatmap
+
+        pipe, paths = self.pipe, {}
+        g = pipe.geometry
+        if logs.get("retrieval"):
+            plot_retrieval_heatmap(logs["retrieval"], pipe.num_frames,
+                                   run_dir / "retrieval_heatmap.png")
+            paths["retrieval_heatmap"] = run_dir / "retrieval_heatmap.png"
+        refs, first = pipe.references, pipe.first_generated
+        metrics = evaluate(pixels, logs, refs, g.window, first) if pixels else None
+        if metrics:
+            plot_error(metrics, refs, g.window, first, run_dir / "error.png")
+            write_json(run_dir / "metrics.json", metrics)
+            paths["error_plot"], paths["metrics"] = run_dir / "error.png", run_dir / "metrics.json"
+        return metrics, paths
+
+
+def mode_summary(g: Geometry, mode: str, gen: Generation) -> dict:
+    frames = gen.latents.shape[0] * gen.latents.shape[1]
+    eligible_ok = all(len(ids) <= entry["eligible"] for entry in gen.log for ids in entry["ids"])
+    return {"mode": mode, "streams": gen.latents.shape[0], "frames": gen.latents.shape[1],
+            "seconds": round(gen.timings["total"], 3),
+            "frames_per_second": round(frames / max(gen.timings["total"], 1e-9), 2),
+            "timings": {k: round(v, 4) for k, v in gen.timings.items() if v is not None},
+            "memory": gen.memory,
+            "blocks_retrieved": sum(1 for e in gen.log if any(e["ids"])),
+            "mean_retrieved": (sum(len(i) for e in gen.log for i in e["ids"])
+                               / max(1, sum(len(e["ids"]) for e in gen.log))),
+            "log_within_eligible_counts": eligible_ok,
+            "geometry": {"block": g.block, "window": g.window, "sink": g.sink, "k": g.k,
+                         "recency": g.recency, "placement": g.placement}}
