@@ -68,7 +68,7 @@ def geometry(cfg: RunConfig, spec) -> Geometry:
                     window=gen.window or spec.window,
                     sink=spec.sink if gen.sink is None else gen.sink,
                     k=ret.k if ret.enabled else 0, recency=ret.recency, placement=ret.placement,
-                    retrieved_position=ret.retrieved_position)
+                    retrieved_position=ret.retrieved_position, positions=gen.positions)
 
 
 def streams_of(cfg: RunConfig) -> list[dict]:
@@ -138,7 +138,8 @@ def make_engine(cfg: RunConfig, comps: Components, retrieval: bool) -> Engine:
     g = geometry(cfg, comps.backbone.spec)
     if not retrieval:
         g = Geometry(**{**g.__dict__, "k": 0})
-    errors = g.check()
+    errors = g.check() + g.position_errors(cfg.generation.num_frames,
+                                           comps.backbone.spec.max_positions)
     if errors:
         raise ConfigError(errors)
     return Engine(comps.backbone, comps.embedder, comps.retriever,

@@ -77,6 +77,9 @@ class Engine:
         n_prefix = 0 if prefix is None else prefix.shape[1]
         if n_prefix > num_frames:
             raise ValueError(f"prefix of {n_prefix} frames is longer than num_frames {num_frames}")
+        errors = g.position_errors(num_frames, spec.max_positions)
+        if errors:
+            raise ValueError("; ".join(errors))
         t0 = time.perf_counter()
         memory = KVMemory(spec, b, num_frames, g.window + g.block, self.opt.budget_bytes,
                           self.opt.policy, self.device, self.opt.storage, self.opt.tier, g.sink)
