@@ -36,8 +36,9 @@ from lrag_framework.generation import plan
 from lrag_framework.generation.engine import Engine, EngineOptions, stream_generator
 from lrag_framework.plugins import load_plugins
 
-# (preset, public native config, window, sink, frames); window None: global attention over a
-# cache of ``frames`` frames (local_attn_size -1), which never rolls
+# (preset, public native config, window, sink, frames): the settings of that config, run on
+# LongLive-RAG's causal_model.py (LongLive's, adopted from Self-Forcing); window None: global
+# attention over a cache of ``frames`` frames (local_attn_size -1), which never rolls
 NATIVE = [
     ("self_forcing", "LongLive-RAG configs/self_forcing_native.yaml", 12, 1, 45),
     ("causal_forcing", "LongLive-RAG configs/causal_forcing_native.yaml", 12, 1, 45),
