@@ -16,8 +16,8 @@ so positions stay below ``window``. ``absolute`` (the public native pipelines: S
 Causal-Forcing, CausVid and LongLive ``causal_model.py``, LongLive-RAG ``_native.yaml``): every
 frame at its frame index, so positions grow with the video (a backbone may bound them:
 ``BackboneSpec.max_positions``). RoPE sees only differences of positions, so without retrieval the
-two differ once the cache rolls and only through the sink (not at all with ``sink: 0``). Retrieved
-frames get 0 (``zero``, public) or the positions just before the first local frame
+two differ once the cache rolls and only through the sink (with ``sink: 0`` only by rounding).
+Retrieved frames get 0 (``zero``, public) or the positions just before the first local frame
 (``before_local``).
 """
 from __future__ import annotations
