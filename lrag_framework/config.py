@@ -58,6 +58,9 @@ class GenerationConfig(Strict):
     window: int | None = Field(None, ge=1, description="attention window in frames incl. sink "
                                "and the current block; default: backbone preset")
     sink: int | None = Field(None, ge=0, description="default: backbone preset")
+    positions: Literal["slots", "absolute"] = Field(
+        "slots", description="temporal RoPE positions: cache slots (the LongLive-RAG model) or "
+        "absolute frame indices (the public native pipelines); docs/architecture.md")
     seed: int = 0
     batch_size: int = Field(4, ge=1, description="streams generated together")
 

@@ -39,6 +39,7 @@ class BackboneSpec:
     sink: int  # default number of sink frames
     pixel_size: tuple[int, int] | None = None  # (h, w) of decoded frames; None: latent (H, W)
     frames_per_latent: int = 1  # video frames per latent frame (the first latent: one frame)
+    max_positions: int | None = None  # temporal positions must stay below it (None: no bound)
 
 
 @dataclass

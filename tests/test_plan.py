@@ -80,3 +80,28 @@ def test_loop_closure_frames_and_precision_ceiling():
     assert lc.nonzero().flatten().tolist() == [8, 9]
     # blocks 6, 8, 10 have eligible frames (1..1, 1..3, 1..5): k' = 1, 2, 2; same = 0, 1, 0
     assert precision_ceiling(same, g, first_generated=2) == pytest.approx((0 + 0.5 + 0) / 3)
+
+
+def test_absolute_positions_are_frame_indices_once_the_cache_rolls():
+    slots = Geometry(**PUBLIC, placement="reference")
+    absolute = Geometry(**PUBLIC, placement="reference", positions="absolute")
+    # Before the roll (block [6, 9), cache 0..8) both agree: a slot is the frame index.
+    assert row(plan_block(slots, 6, 3, [[]])) == row(plan_block(absolute, 6, 3, [[]]))
+    # Block [30, 33): the same frames, each at its own index, the sink at 0, the block at 30..32.
+    plan = plan_block(absolute, 30, 3, [[3, 7, 11]])
+    frames, positions, _ = row(plan)
+    assert frames == [0, 3, 7, 11, 28, 29]
+    assert positions == [0, 0, 0, 0, 28, 29]
+    assert plan.block_positions[0].tolist() == [30, 31, 32]
+    g = Geometry(**PUBLIC, placement="reference", retrieved_position="before_local",
+                 positions="absolute")
+    assert row(plan_block(g, 30, 3, [[3, 7, 11]]))[1] == [0, 25, 26, 27, 28, 29]
+
+
+def test_absolute_positions_past_the_backbone_table_are_refused():
+    absolute = Geometry(**PUBLIC, positions="absolute")
+    assert absolute.position_errors(1024, 1024) == []
+    (error,) = absolute.position_errors(1025, 1024)
+    assert "positions: absolute" in error and "0 .. 1023" in error and "1025 > 1024" in error
+    assert absolute.position_errors(10 ** 6, None) == []  # no bound declared
+    assert Geometry(**PUBLIC).position_errors(10 ** 6, 1024) == []  # slots stay below window

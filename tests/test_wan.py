@@ -274,6 +274,69 @@ def test_rope_depends_only_on_relative_positions(positions, shift):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def absolute_sliding_window(bb, cond, gen, num_frames, window, sink, block=3):
+    """The public native loop written out by hand: the sink and the latest frames of a rolling
+    cache of ``window`` frames, every frame rotated at its own frame index."""
+    kv_of, out, ts = [], [], bb.timesteps()
+    shape = (block, *bb.spec.latent_shape)
+    for start in range(0, num_frames, block):
+        ids = list(range(min(sink, start)))
+        ids += list(range(max(sink, start - (window - sink - block)), start))
+        f = len(ids)
+        kv = torch.cat([kv_of[i] for i in ids], dim=3) if ids else torch.zeros(L, 2, 1, 0, N, HH,
+                                                                                 DH)
+        ctx = Context(kv=kv, frame_ids=torch.tensor([ids]).view(1, f),
+                      positions=torch.tensor([ids]).view(1, f), roles=torch.full((1, f), 2),
+                      valid=torch.ones(1, f, dtype=torch.bool), block_start=start,
+                      block_positions=torch.arange(start, start + block)[None])
+        prepared = bb.prepare(ctx)
+        x = torch.randn(shape, generator=gen)[None]
+        for i, t in enumerate(ts):
+            pred = bb.denoise(x, t.expand(1), cond, prepared)
+            t_next = ts[i + 1] if i + 1 < len(ts) else torch.zeros(())
+            x = bb.sampler_step(x, pred, t, t_next, torch.randn(shape, generator=gen)[None])
+        kv_of += list(bb.recache(x, cond, prepared).split(1, dim=3))
+        out.append(x)
+    return torch.cat(out, dim=1)
+
+
+def test_absolute_positions_follow_the_public_native_loop(bb):
+    from lrag_framework.generation.engine import Engine, EngineOptions, stream_generator
+    from lrag_framework.generation.plan import Geometry
+
+    cond = bb.encode_conditioning([prompt(0)], 15)
+    ref = absolute_sliding_window(bb, cond, stream_generator(0, 0), 15, window=6, sink=1)
+    runs = {}
+    for positions in ("absolute", "slots"):
+        g = Geometry(block=3, window=6, sink=1, positions=positions)
+        engine = Engine(bb, None, None, EngineOptions(g))
+        runs[positions] = engine.generate(cond, [stream_generator(0, 0)], 15).latents
+    torch.testing.assert_close(runs["absolute"], ref, rtol=1e-5, atol=1e-5)
+    # Slots agree until the cache first rolls (block [6, 9)), then the sink sits elsewhere.
+    torch.testing.assert_close(runs["slots"][:, :6], ref[:, :6], rtol=1e-5, atol=1e-5)
+    assert (runs["slots"][:, 6:] - ref[:, 6:]).abs().amax() > 1e-3
+
+
+def test_absolute_positions_past_the_rope_table_are_refused(bb, tmp_path):
+    import lrag_framework
+    from lrag_framework.config import ConfigError
+    from lrag_framework.generation.engine import Engine, EngineOptions, stream_generator
+    from lrag_framework.generation.plan import Geometry
+
+    assert bb.spec.max_positions == 1024  # upstream's rope_params(1024, ...)
+    g = Geometry(block=3, window=6, sink=1, positions="absolute")
+    engine = Engine(bb, None, None, EngineOptions(g))
+    with pytest.raises(ValueError, match=r"positions 0 \.\. 1023 only \(num_frames 1025"):
+        engine.generate(bb.encode_conditioning([prompt(0)], 1025), [stream_generator(0, 0)], 1025)
+    with pytest.raises(ConfigError, match="positions: absolute"):
+        lrag_framework.run({
+            "backbone": {"name": "self_forcing", "params": {"random_init": True, **SIZES}},
+            "retrieval": {"enabled": False},
+            "generation": {"num_frames": 1025, "positions": "absolute", "batch_size": 1},
+            "conditionings": [prompt(0).tolist()],
+            "output": {"root": str(tmp_path), "video": False}})
+
+
 def test_deterministic_and_seeded():
     params = SelfForcingParams(random_init=True, init_seed=3, **SIZES)
     outs = []

@@ -73,6 +73,9 @@ class Engine:
         n_prefix = 0 if prefix is None else prefix.shape[1]
         if n_prefix > num_frames:
             raise ValueError(f"prefix of {n_prefix} frames is longer than num_frames {num_frames}")
+        errors = g.position_errors(num_frames, spec.max_positions)
+        if errors:
+            raise ValueError("; ".join(errors))
         clock = Stopwatch("denoise", "recache", "retrieval", "plan_gather", "memory_setup")
         with clock("memory_setup"):
             memory = KVMemory(spec, b, num_frames, g.window + g.block, self.opt.budget_bytes,

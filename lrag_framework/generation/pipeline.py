@@ -105,8 +105,9 @@ class Pipeline:
                      window=gen.window or spec.window,
                      sink=spec.sink if gen.sink is None else gen.sink,
                      k=ret.k if ret.enabled else 0, recency=ret.recency,
-                     placement=ret.placement, retrieved_position=ret.retrieved_position)
-        errors = g.check()
+                     placement=ret.placement, retrieved_position=ret.retrieved_position,
+                     positions=gen.positions)
+        errors = g.check() + g.position_errors(self.num_frames, spec.max_positions)
         if errors:
             raise ConfigError(errors)
         return g
@@ -134,7 +135,7 @@ class Pipeline:
         t = time.perf_counter()
         g = self.geometry
         engine = Engine(self.backbone, None, None,
-                        self._options(Geometry(g.block, g.window, g.sink), tier="auto"),
+                        self._options(self.geometry_of("native"), tier="auto"),
                         self.device)
         cond = self.backbone.encode_conditioning(self.cfg.conditionings[:1], self.num_frames)
         engine.generate(cond, [stream_generator(0, 0)], min(self.num_frames, g.window + g.block))

@@ -9,9 +9,16 @@ Placement of the local part (current block included) per stream with ``n`` retri
 ``reference`` ``window - sink - k`` frames whatever ``n`` is (the public code); ``fill``
 ``window - sink - n``; ``extend`` ``window - sink`` (retrieved frames come on top).
 
-Positions are cache slots: frame ``f`` sits at ``f`` until the cache rolls, then the block takes the
-last slots (``window - Fb .. window - 1``); sink frames keep ``0 .. sink - 1``. Retrieved frames
-get 0 (``zero``, public) or the slots just before the first local frame (``before_local``).
+Temporal positions (``positions``): ``slots`` (default; the LongLive-RAG latent-memory model,
+LongLive's ``use_infinite_attention``): frame ``f`` sits at ``f`` until the cache rolls, then the
+block takes the last slots (``window - Fb .. window - 1``) and sink frames keep ``0 .. sink - 1``,
+so positions stay below ``window``. ``absolute`` (the public native pipelines: Self-Forcing,
+Causal-Forcing, CausVid and LongLive ``causal_model.py``, LongLive-RAG ``_native.yaml``): every
+frame at its frame index, so positions grow with the video (a backbone may bound them:
+``BackboneSpec.max_positions``). RoPE sees only differences of positions, so without retrieval the
+two differ once the cache rolls and only through the sink (with ``sink: 0`` only by rounding).
+Retrieved frames get 0 (``zero``, public) or the positions just before the first local frame
+(``before_local``).
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ class Geometry:
     recency: int = 0
     placement: str = "fill"
     retrieved_position: str = "zero"
+    positions: str = "slots"
 
     def check(self) -> list[str]:
         """Errors of this geometry, as config messages."""
@@ -60,8 +68,20 @@ class Geometry:
         limit = max(self.sink, start - self.cache) - self.recency
         return (ids >= self.sink) & (ids < limit) & has_kv[:start]
 
-    def slot(self, frame: int, start: int, size: int) -> int:
-        return frame if frame < self.sink else frame - max(0, start + size - self.window)
+    def position(self, frame: int, start: int, size: int) -> int:
+        """Temporal position of ``frame`` (sink or cached) while generating [start, start+size)."""
+        if self.positions == "absolute" or frame < self.sink:
+            return frame
+        return frame - max(0, start + size - self.window)
+
+    def position_errors(self, num_frames: int, limit: int | None) -> list[str]:
+        """Errors of a run of ``num_frames`` on a backbone that encodes positions ``< limit``."""
+        if limit is None or self.positions != "absolute" or num_frames <= limit:
+            return []
+        return [f"generation: positions: absolute puts frame {num_frames - 1} at position "
+                f"{num_frames - 1}, but the backbone encodes positions 0 .. {limit - 1} only "
+                f"(num_frames {num_frames} > {limit}); use positions: slots or at most {limit} "
+                f"frames"]
 
 
 @dataclass
@@ -86,13 +106,13 @@ def plan_block(g: Geometry, start: int, size: int, retrieved: list[list[int]]) -
             n_local = g.cache - size
         sink = list(range(min(g.sink, start)))
         local = list(range(max(g.sink, start - n_local), start))
-        first_local = g.slot(local[0] if local else start, start, size)
+        first_local = g.position(local[0] if local else start, start, size)
         if g.retrieved_position == "zero":
             ret_pos = [0] * len(ids)
         else:
             ret_pos = [first_local - len(ids) + j for j in range(len(ids))]
         frames = sink + ids + local
-        positions = sink + ret_pos + [g.slot(f, start, size) for f in local]
+        positions = sink + ret_pos + [g.position(f, start, size) for f in local]
         roles = [ROLE_SINK] * len(sink) + [ROLE_RETRIEVED] * len(ids) + [ROLE_LOCAL] * len(local)
         rows.append((frames, positions, roles))
     width = max(len(r[0]) for r in rows)
@@ -104,5 +124,5 @@ def plan_block(g: Geometry, start: int, size: int, retrieved: list[list[int]]) -
         frame_ids[i, :len(frames)] = torch.tensor(frames, dtype=torch.long)
         positions[i, :len(pos)] = torch.tensor(pos, dtype=torch.long)
         roles[i, :len(role)] = torch.tensor(role, dtype=torch.long)
-    block_pos = torch.tensor([g.slot(f, start, size) for f in range(start, start + size)])
+    block_pos = torch.tensor([g.position(f, start, size) for f in range(start, start + size)])
     return Plan(frame_ids, positions, roles, frame_ids >= 0, block_pos.expand(b, -1).clone())

@@ -178,4 +178,5 @@ def mode_summary(g: Geometry, mode: str, gen: Generation) -> dict:
                                / max(1, sum(len(e["ids"]) for e in gen.log))),
             "log_within_eligible_counts": eligible_ok,
             "geometry": {"block": g.block, "window": g.window, "sink": g.sink, "k": g.k,
-                         "recency": g.recency, "placement": g.placement}}
+                         "recency": g.recency, "placement": g.placement,
+                         "positions": g.positions}}

@@ -19,7 +19,7 @@ from .conditioning import (WanConditioning, as_segment, check_segments, identity
                            is_segments, read_embedding)
 from .model import WanConfig
 from .presets import WanParams
-from .rope import WanRope, apply_rope
+from .rope import TABLE_POSITIONS, WanRope, apply_rope
 from .schedule import FlowSchedule
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -60,7 +60,7 @@ class WanBackbone(Backbone):
             num_layers=self.cfg.num_layers, num_heads=self.cfg.num_heads,
             head_dim=self.cfg.head_dim, kv_dtype=self.dtype, window=params.window,
             sink=params.sink, pixel_size=(8 * self.cfg.height, 8 * self.cfg.width),
-            frames_per_latent=4)
+            frames_per_latent=4, max_positions=TABLE_POSITIONS)
 
     def _base_file(self, given: str | None, default: str, what: str) -> str:
         if given:

@@ -6,11 +6,20 @@ spatial parts of ``Dh/2 - 2 (Dh//6)``, ``Dh//6`` and ``Dh//6`` pairs (22/21/21 f
 with its own frequencies ``theta ** (-2i / dim_part)``, theta = 10000. The temporal index comes
 from the engine's context plan (any integer per frame), the spatial ones from the token grid.
 Angles are computed in float64 as upstream, the rotation in float32.
+
+Upstream tabulates the angles for ``TABLE_POSITIONS`` = 1024 temporal positions
+(``rope_params(1024, ...)``) and its causal models (``causal_rope_apply``) slice that table at the
+absolute frame index: a block that reaches frame 1024 gets a short slice and fails with a tensor
+shape ``RuntimeError``. Angles are computed here for any position; the backbone declares the
+table's size (``BackboneSpec.max_positions``) so that a run with ``positions: absolute`` past it
+is refused before it starts.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+TABLE_POSITIONS = 1024  # temporal positions of upstream's RoPE table
 
 
 def frequencies(head_dim: int, theta: float = 10000.0) -> tuple[Tensor, Tensor, Tensor]:
