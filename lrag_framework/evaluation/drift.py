@@ -20,18 +20,17 @@ def latent_cosine(a: Tensor, b: Tensor) -> Tensor:
     return F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=1)
 
 
-def gap_similarity(frames: Tensor, gaps: list[int], first: int, measure: str) -> dict:
-    """Similarity of frame pairs ``(t, t + g)`` with ``t >= first`` for each gap ``g``, of one
-    stream's frames [T, ...]: ``measure`` "cosine" (latents) or "psnr" (pixels in [-1, 1]).
-    Returns per gap the mean (None when no pair fits) and the values by later frame ``t + g``."""
-    fn = latent_cosine if measure == "cosine" else psnr
+def gap_similarity(latents: Tensor, gaps: list[int], first: int) -> dict:
+    """Cosine similarity of latent frame pairs ``(t, t + g)`` with ``t >= first`` for each gap
+    ``g``, of one stream's latents [T, C, H, W]. Returns per gap the mean (None when no pair
+    fits) and the values by later frame ``t + g``."""
     curve, per_frame = {}, {}
     for g in gaps:
-        later = torch.arange(first + g, frames.shape[0])
-        if len(later) == 0:
+        if first + g >= latents.shape[0]:
             curve[g], per_frame[g] = None, []
             continue
-        values = fn(frames[later], frames[later - g])
+        later = torch.arange(first + g, latents.shape[0])
+        values = latent_cosine(latents[later], latents[later - g])
         curve[g], per_frame[g] = float(values.mean()), values.tolist()
     return {"curve": curve, "per_frame": per_frame}
 

@@ -65,7 +65,7 @@ class RunEvaluation:
         self.series: dict[str, dict[str, list]] = {m: {} for m in run.modes}  # first failure
         self.frames_per_latent: int | None = None
         if "first_failure" in self.wanted:  # the measures its rules read
-            self.wanted |= {r.measure for r in cfg.first_failure if r.measure in VIDEO_MEASURES}
+            self.wanted |= {r.measure for r in cfg.first_failure}
 
     def skip(self, metric: str, reason: str) -> None:
         self.skipped.setdefault(metric, reason)
@@ -144,9 +144,9 @@ class RunEvaluation:
             if data.latents is None:
                 self.skip("gap_similarity", f"{data.directory}: no latents.safetensors "
                           f"(output.save_latents: false)")
-                self.skip("first_failure[start_similarity]", "no latents")
+                self.skip("start_similarity", "no latents.safetensors")
                 continue
-            per_stream = [gap_similarity(x, self.cfg.gaps, first, "cosine") for x in data.latents]
+            per_stream = [gap_similarity(x, self.cfg.gaps, first) for x in data.latents]
             curve = {g: _mean(s["curve"][g] for s in per_stream) for g in self.cfg.gaps}
             if "gap_similarity" in self.cfg.metrics:
                 self.modes[mode]["gap_similarity"] = {
@@ -178,7 +178,6 @@ class RunEvaluation:
             backbone = self._references()
         except Skip as err:
             self.skip("psnr", str(err))
-            self.skip("first_failure[psnr]", "no ground truth")
             return
         self.frames_per_latent = backbone.spec.frames_per_latent
         from ..generation.plan import Geometry
@@ -262,9 +261,9 @@ class RunEvaluation:
         for metric in TORCHVISION_METRICS:
             if metric in self.wanted:
                 self.skip(metric, _torchvision_reason(metric))
-        if self.wanted & {"gap_similarity", "first_failure"}:
+        if self.wanted & {"gap_similarity", "start_similarity"}:
             self.gaps()
-        if self.wanted & {"psnr", "first_failure"}:
+        if "psnr" in self.wanted:
             self.truth()
         if "first_failure" in self.wanted:
             self.failures()

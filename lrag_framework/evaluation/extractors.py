@@ -107,24 +107,28 @@ def build_model(key: str, folder: Path) -> torch.nn.Module:
         state = {k.removeprefix(base): v for k, v in state.items() if k.startswith(base)}
     state = {k: v for k, v in state.items() if k.startswith(KEEP[key])}
     extra = {"add_pooling_layer": False} if key == "dino" else {}
-    model, info = cls.from_pretrained(
-        None, config=_config(key, folder), state_dict=state, local_files_only=True,
-        weights_only=True, output_loading_info=True, **extra)
-    bad = {k: v for k, v in info.items() if k in ("missing_keys", "mismatched_keys") and v}
+    what = f"{weights}: not a {HF_REPOS[key]} checkpoint for its config.json"
+    try:
+        model, info = cls.from_pretrained(
+            None, config=_config(key, folder), state_dict=state, local_files_only=True,
+            weights_only=True, output_loading_info=True, **extra)
+    except RuntimeError as err:  # size mismatches
+        raise ValueError(f"{what}: {str(err).splitlines()[0]}") from None
+    bad = {k: sorted(map(str, v))[:5] for k, v in info.items()
+           if k in ("missing_keys", "mismatched_keys") and v}
     if bad:
-        raise ValueError(f"{weights}: not a {HF_REPOS[key]} checkpoint for its config.json: "
-                         f"{ {k: sorted(v)[:5] for k, v in bad.items()} }")
+        raise ValueError(f"{what}: {bad}")
     return model.float().eval().requires_grad_(False)
 
 
 class Extractor:
     """Frames [B, 3, H, W] float in [0, 255] -> features [B, D] (float32, not normalised)."""
 
-    def __init__(self, key: str, folder: Path, device: torch.device):
-        self.key, self.folder, self.device = key, folder, device
-        self.files = model_files(folder)
+    def __init__(self, key: str, folder: str | Path, device: torch.device):
+        self.key, self.folder, self.device = key, Path(folder), device
+        self.files = model_files(self.folder)
         self.preprocess = PREPROCESS[key]
-        self.model = build_model(key, folder).to(device)
+        self.model = build_model(key, self.folder).to(device)
 
     @property
     def dim(self) -> int:

@@ -66,7 +66,8 @@ def plot_metrics(result: dict, path: Path) -> None:
                         label=f"{mode} ({_fmt(m['value'])})")
                 ax.set(xlabel="clip start (s)", ylabel=metric.replace("_", " "))
         ax.set_title(metric.replace("_", " "), fontsize=9)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(result["run"], fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

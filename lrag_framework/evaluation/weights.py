@@ -35,13 +35,23 @@ def _weight_file(folder: Path) -> Path | None:
     return next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
 
 
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub resolves it (read at each call):
+    HF_HUB_CACHE, else HF_HOME/hub, else XDG_CACHE_HOME/huggingface/hub or ~/.cache/..."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(
+        os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
 def _hub_snapshot(repo: str) -> Path | None:
-    """The cached snapshot folder of ``repo`` (HF_HUB_CACHE / HF_HOME honoured), if any."""
+    """The cached snapshot folder of ``repo`` (its ``main`` revision), if any."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    found = try_to_load_from_cache(repo, "config.json")
+    found = try_to_load_from_cache(repo, "config.json", cache_dir=hub_cache_dir())
     return Path(found).parent if isinstance(found, str) else None
 
 
