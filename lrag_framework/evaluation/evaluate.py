@@ -182,10 +182,9 @@ class RunEvaluation:
         self.frames_per_latent = backbone.spec.frames_per_latent
         from ..generation.plan import Geometry
 
-        geo = next((m.summary.get("geometry") for m in self.run.modes.values()
-                    if m.summary.get("geometry") and m.name == "retrieval"), None) or \
-            next((m.summary.get("geometry") for m in self.run.modes.values()
-                  if m.summary.get("geometry")), None)
+        recorded = {m.name: m.summary["geometry"] for m in self.run.modes.values()
+                    if "geometry" in m.summary}  # the retrieval geometry scores both modes
+        geo = recorded.get("retrieval") or next(iter(recorded.values()), None)
         if geo is None:
             self.skip("psnr", "summary.json records no geometry")
             return
@@ -211,30 +210,29 @@ class RunEvaluation:
             if "psnr" in self.cfg.metrics:
                 self.modes[mode]["psnr"] = result
 
+    def _video_index(self, latent: int) -> int | None:
+        """The first video frame of a latent frame (a causal video VAE: 1 + r (t - 1))."""
+        r = self.frames_per_latent
+        return None if r is None else (0 if latent == 0 else 1 + (latent - 1) * r)
+
     def _seconds(self, index: int | None, measure: str) -> float | None:
-        if index is None:
-            return None
-        if measure not in VIDEO_MEASURES:  # a latent frame: its first video frame
-            r = self.frames_per_latent
-            if r is None:
-                return None
-            index = 0 if index == 0 else 1 + (index - 1) * r
-        return index / self.run.fps
+        if index is not None and measure not in VIDEO_MEASURES:
+            index = self._video_index(index)
+        return None if index is None else index / self.run.fps
 
     def failures(self) -> None:
         first = self.run.first_generated
         ran = False
         for rule in self.cfg.first_failure:
-            name = f"first_failure[{rule.measure}]"
+            label = f"{rule.measure}<{rule.threshold:g}"
+            name = f"first_failure[{label}]"
             for mode in self.run.modes:
                 series = self.series[mode].get(rule.measure)
                 if series is None:
-                    reason = self.skipped.get(rule.measure) or self.skipped.get(name) or \
-                        f"{rule.measure} did not run"
-                    self.skipped[name] = self.skipped.get(name, reason)
+                    self.skip(name, self.skipped.get(rule.measure, f"{rule.measure} did not run"))
                     break
                 start = first if rule.measure not in VIDEO_MEASURES else \
-                    (self._video_index(first) or 0)
+                    (self._video_index(first) or 0)  # unknown frames per latent: from frame 0
                 rows = []
                 for x in series:
                     i = first_failure(x, start, rule.threshold, rule.patience)
@@ -244,17 +242,13 @@ class RunEvaluation:
                 value = _mean(r["seconds"] if r["frame"] is not None else r["censored_at"]
                               for r in rows)
                 entry = self.modes[mode].setdefault("first_failure", {})
-                entry[rule.measure] = {"threshold": rule.threshold, "patience": rule.patience,
+                entry[label] = {"measure": rule.measure, "threshold": rule.threshold, "patience": rule.patience,
                                        "value": value,
                                        "failed": sum(r["frame"] is not None for r in rows),
                                        "streams": rows}
                 ran = True
         if not ran:
             self.skipped["first_failure"] = "no measure of its rules ran"
-
-    def _video_index(self, latent: int) -> int | None:
-        r = self.frames_per_latent
-        return None if r is None else (0 if latent == 0 else 1 + (latent - 1) * r)
 
     def evaluate(self) -> dict:
         self.vbench()
