@@ -63,8 +63,9 @@ def model_folder(key: str, configured: str | None) -> Path:
         return folder
     files = "config.json + model.safetensors (or pytorch_model.bin)"
     where = (f"into {folder}" if configured else
-             f"into the Hugging Face cache (`hf download {repo} config.json model.safetensors`) "
-             f"or a folder named by weights.{key}")
+             f"into the Hugging Face cache (`hf download {repo} config.json model.safetensors`, "
+             f"or pytorch_model.bin where the repository has no safetensors) or into a folder "
+             f"named by weights.{key}")
     raise MissingWeights(f"needs {repo} ({files}): put them {where}")
 
 
