@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .weights import HF_REPOS, model_files, model_folder
+from .weights import HF_REPOS, model_files
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -130,11 +130,6 @@ class Extractor:
         self.preprocess = PREPROCESS[key]
         self.model = build_model(key, self.folder).to(device)
 
-    @property
-    def dim(self) -> int:
-        cfg = self.model.config
-        return cfg.projection_dim if self.key.startswith("clip") else cfg.hidden_size
-
     @torch.inference_mode()
     def __call__(self, frames: Tensor) -> Tensor:
         x = self.preprocess(frames.to(self.device, torch.float32))
@@ -145,11 +140,6 @@ class Extractor:
         else:
             out = self.model(pixel_values=x).image_embeds
         return out.float().cpu()
-
-
-def load_extractor(key: str, configured: str | None, device: torch.device) -> Extractor:
-    """The extractor ``key`` from its configured folder or the HF cache (MissingWeights)."""
-    return Extractor(key, model_folder(key, configured), device)
 
 
 def load_aesthetic_head(path: Path) -> torch.nn.Linear:
