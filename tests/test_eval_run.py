@@ -105,3 +105,13 @@ def test_exit_two_when_no_metric_can_run(world_run, tmp_path, capsys, monkeypatc
     assert out.count("skipped ") == 2
     assert main(["eval", str(tmp_path)]) == 2  # not a run directory
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_without_transformers_the_weight_metrics_say_how_to_install(world_run, capsys,
+                                                                    monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import fails as if not installed
+    assert main(["eval", str(world_run), "--set", "metrics=[background_consistency, psnr]"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped background_consistency (" in out and "lrag-framework[eval]" in out
