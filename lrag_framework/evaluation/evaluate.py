@@ -210,8 +210,21 @@ class RunEvaluation:
             if "psnr" in self.cfg.metrics:
                 self.modes[mode]["psnr"] = result
 
+    def _count_frames_per_latent(self) -> int | None:
+        """Video frames per latent frame from an mp4's frame count (n = 1 + r (T - 1))."""
+        import imageio_ffmpeg
+
+        for data in self.run.modes.values():
+            if data.latents is not None and data.videos and data.videos[0] is not None:
+                n, t = imageio_ffmpeg.count_frames_and_secs(str(data.videos[0]))[0], \
+                    data.latents.shape[1]
+                return 1 if n == t or t < 2 else round((n - 1) / (t - 1))
+        return None
+
     def _video_index(self, latent: int) -> int | None:
         """The first video frame of a latent frame (a causal video VAE: 1 + r (t - 1))."""
+        if self.frames_per_latent is None:
+            self.frames_per_latent = self._count_frames_per_latent()
         r = self.frames_per_latent
         return None if r is None else (0 if latent == 0 else 1 + (latent - 1) * r)
 
