@@ -10,8 +10,8 @@ from lrag_framework.evaluation.config import load_eval_config
 from lrag_framework.evaluation.drift import (PSNR_CAP, first_failure, gap_similarity, runs_of,
                                              start_similarity)
 from lrag_framework.evaluation.extractors import PREPROCESS
-from lrag_framework.evaluation.vbench import (clip_bounds, clip_to_clip, consistency,
-                                              frame_consistency, long_consistency)
+from lrag_framework.evaluation.vbench import (aesthetic, clip_bounds, clip_to_clip,
+                                              consistency, frame_consistency, long_consistency)
 from lrag_framework.outputs.report import psnr
 
 
@@ -47,6 +47,18 @@ def test_a_cut_at_a_clip_boundary_shows_only_clip_to_clip():
     assert inside["value"] < 0.99
     per_frame = inside["per_frame"]
     assert math.isnan(per_frame[0]) and per_frame[16] < per_frame[15] - 0.01
+
+
+def test_aesthetic_is_the_laion_head_on_normalised_features_over_ten():
+    head = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[10.0, 0.0]]))
+        head.bias.fill_(1.0)
+    f = torch.tensor([[3.0, 4.0]]).expand(20, 2)  # normalised: [0.6, 0.8] -> 6 + 1 = 7 -> 0.7
+    out = aesthetic(f, head, fps=8, seconds=1)
+    assert out["value"] == pytest.approx(0.7) and out["per_clip"] == pytest.approx([0.7] * 3)
+    with pytest.raises(ValueError, match="2-d features"):
+        aesthetic(torch.ones(4, 3), head, 8, 1)
 
 
 @pytest.mark.parametrize("key", sorted(PREPROCESS))
