@@ -124,6 +124,12 @@ def _train_embedder(args) -> int:
 
 # ---------------------------------------------------------------------------- the parser
 
+def _eval(args) -> int:
+    from .evaluation.console import eval_cli
+
+    return eval_cli(args.run_dirs, args.config, args.device, args.set, args.output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lrag", description="Retrieval-augmented autoregressive long video generation.",
@@ -156,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
         func=_collect_latents)
     with_config("train-embedder", "train a retrieval embedder on a latent corpus").set_defaults(
         func=_train_embedder)
+    p = sub.add_parser("eval", help="long-video metrics of run directories (docs/eval.md)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--config", help="eval config (YAML or JSON)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an eval config field; repeatable")
+    p.add_argument("--device", help="auto, cpu or cuda[:N] (default: the config's, auto)")
+    p.add_argument("--output", help="also write the comparison of all runs to this JSON file")
+    p.set_defaults(func=_eval)
     return parser
 
 
