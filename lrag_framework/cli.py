@@ -122,13 +122,27 @@ def _train_embedder(args) -> int:
     return OK
 
 
-# ---------------------------------------------------------------------------- the parser
+# ---------------------------------------------------------------------------- lrag eval
 
 def _eval(args) -> int:
-    from .evaluation.console import eval_cli
+    """0 when at least one metric ran, 2 when none could."""
+    from .evaluation.config import load_eval_config
+    from .evaluation.console import format_report
+    from .evaluation.evaluate import evaluate_runs
+    from .evaluation.run_reader import RunDirError
 
-    return eval_cli(args.run_dirs, args.config, args.device, args.set, args.output)
+    extra = [f"device={args.device}"] if args.device else []
+    try:
+        report = evaluate_runs(args.run_dirs, load_eval_config(args.config, args.set + extra),
+                               args.output)
+    except RunDirError as err:
+        _error(err)
+        return BAD_INPUT
+    print(format_report(report))
+    return OK if any(r["metrics_ran"] for r in report["runs"]) else BAD_INPUT
 
+
+# ---------------------------------------------------------------------------- the parser
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

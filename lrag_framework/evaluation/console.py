@@ -1,8 +1,6 @@
 """``lrag eval``: the comparison table and one line per skipped metric, as text."""
 from __future__ import annotations
 
-import sys
-
 
 def _num(v) -> str:
     return "-" if v is None else f"{v:.3f}"
@@ -32,22 +30,3 @@ def format_report(report: dict) -> str:
     for run in report["runs"]:
         lines.append(f"eval: {run['run_dir']}/eval/eval.json")
     return "\n".join(line for line in lines if line)
-
-
-def eval_cli(run_dirs: list[str], config: str | None, device: str | None,
-             overrides: list[str], output: str | None = None) -> int:
-    """``lrag eval``: exit 0 when at least one metric ran, 2 when none could (or on bad input)."""
-    from ..config import ConfigError
-    from .config import load_eval_config
-    from .evaluate import evaluate_runs
-    from .run_reader import RunDirError
-
-    try:
-        extra = [f"device={device}"] if device else []
-        cfg = load_eval_config(config, list(overrides) + extra)
-        report = evaluate_runs(run_dirs, cfg, output)
-    except (ConfigError, RunDirError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(format_report(report))
-    return 0 if any(r["metrics_ran"] for r in report["runs"]) else 2

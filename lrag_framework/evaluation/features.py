@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..files import write_tensors
-from ..outputs.media import _resolve_backend, _video_frames
+from ..outputs.media import video_frames
 from .extractors import PREPROCESS, Extractor
 from .weights import fingerprint, model_files
 
@@ -71,7 +71,7 @@ def video_features(video: Path, sources: list[FeatureSource], cache_dir: Path | 
     if not todo:
         return out
     parts: dict[str, list[Tensor]] = {src.key: [] for src in todo}
-    with _video_frames(video, _resolve_backend("auto")) as (_, frames):
+    with video_frames(video) as (_, frames):
         batch = []
         for frame in [*frames, None]:
             if frame is not None:

@@ -182,7 +182,7 @@ def read_image(path: str | Path, size: tuple[int, int]) -> Tensor:
 
 
 @contextmanager
-def _video_frames(path: Path, max_frames: int | None = None):
+def video_frames(path: Path, max_frames: int | None = None):
     """Open a video: yield (fps, iterator of uint8 frames [H, W, 3]); decoding stops on exit."""
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
@@ -212,7 +212,7 @@ def read_video(path: str | Path, size: tuple[int, int], max_frames: int | None =
     if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
         raise ValueError(f"max_frames must be a positive int or None, got {max_frames!r}")
     path = Path(path)
-    with _video_frames(path, max_frames) as (_, frames):
+    with video_frames(path, max_frames) as (_, frames):
         out = [_fit(Image.fromarray(f), size) for f in itertools.islice(frames, max_frames)]
     if not out:
         raise ValueError(f"video {path} has no frames")
@@ -230,7 +230,7 @@ def side_by_side_files(paths: list, out_path: str | Path, fps: float | None = No
     if len(paths) < 2:
         raise ValueError(f"side_by_side_files needs at least 2 videos, got {len(paths)}")
     with ExitStack() as stack:
-        opened = [stack.enter_context(_video_frames(Path(p))) for p in paths]
+        opened = [stack.enter_context(video_frames(Path(p))) for p in paths]
         with StreamingVideoWriter(out_path, fps or opened[0][0]) as writer:
             for frames in zip(*(it for _, it in opened)):
                 writer.append(side_by_side(*(f[None] for f in frames), gap=gap))  # [1, H, W, 3]
