@@ -201,8 +201,9 @@ class Embedder(ABC):
     """Clean latent frames -> retrieval descriptors.
 
     ``embed`` is a pure function of each frame: deterministic, and a frame's descriptor does not
-    depend on the other frames of the batch (to float tolerance). Descriptors are finite and
-    non-zero for finite input (a retriever rejects a zero descriptor), all of one dimension D.
+    depend on the other frames of the batch (to float tolerance). Descriptors are finite for
+    finite input, all of one dimension D, and non-zero for any frame that is not degenerate (a
+    retriever rejects a zero descriptor; ``avg_pool`` maps a frame of zero spatial mean to one).
     """
 
     @abstractmethod

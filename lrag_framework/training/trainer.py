@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import ComponentConfig, ConfigError, apply_overrides, read_config
 from ..interfaces import LossInputs
+from .components import LossConfig, WeightedLoss, trainable_model
 
 STATE_FILE, OPTIM_FILE, WEIGHTS_FILE = "trainer_state.json", "optimizer.safetensors", \
     "model.safetensors"
@@ -45,8 +46,8 @@ class RetrievalEvalConfig(Strict):
         description="embedders evaluated beside the trained one")
 
 
-def default_losses() -> list[ComponentConfig]:
-    return [ComponentConfig(name=n) for n in
+def default_losses() -> list[LossConfig]:
+    return [LossConfig(name=n) for n in
             ("reconstruction", "window_temporal_delta", "trajectory_smoothing")]
 
 
@@ -54,7 +55,7 @@ class TrainConfig(Strict):
     corpus: str = Field(description="a collect-latents out_dir")
     run_dir: str
     embedder: ComponentConfig = ComponentConfig(name="latent_ae")
-    losses: list[ComponentConfig] = Field(default_factory=default_losses, min_length=1)
+    losses: list[LossConfig] = Field(default_factory=default_losses, min_length=1)
     seq_len: int = Field(8, ge=1, description="consecutive frames per chunk (S)")
     batch_size: int = Field(128, ge=1, description="chunks per step")
     steps: int = Field(10000, ge=1)
@@ -272,14 +273,6 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _trainable(embedder, name: str):
-    model = getattr(embedder, "model", None)
-    if not isinstance(model, torch.nn.Module) or not callable(getattr(embedder, "save", None)):
-        raise ConfigError([(f"embedder.name: {name!r} is not trainable (it needs a `model` "
-                            "nn.Module returning (reconstruction, embedding) and `save(folder)`)")])
-    return model
-
-
 def _append(path: Path, row: dict) -> None:
     with path.open("a") as f:
         f.write(json.dumps(row) + "\n")
@@ -305,9 +298,9 @@ def train_embedder(cfg: TrainConfig, progress: bool = False) -> dict:
     corpus = LatentCorpus(cfg.corpus)
     train, val = split_videos(corpus, cfg)
     embedder = registry.build("embedder", cfg.embedder.name, cfg.embedder.params).to(device)
-    model = _trainable(embedder, cfg.embedder.name)
+    model = trainable_model(embedder, cfg.embedder.name)
     embedder.embed(corpus.frames(train[0], 0, 1).to(device))  # frame shape check, clear error
-    losses = [registry.build("loss", c.name, c.params) for c in cfg.losses]
+    losses = [WeightedLoss(registry.build("loss", c.name, c.params), c.weight) for c in cfg.losses]
     labels = loss_labels(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best, rows = 0, None, []
