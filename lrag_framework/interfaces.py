@@ -268,8 +268,11 @@ class Retriever(ABC):
       and the query (so in [-1, 1]) up to float rounding.
     - **Ties go to the newer frame**: among equal scores the larger frame id ranks first (a
       static shot gives identical descriptors, and the newer frame's K/V is the more recent).
-      Exact retrievers return exactly the brute-force answer under that rule, so results never
-      depend on how ``add`` calls were chunked or on a save / restore in between.
+      Exact retrievers return the brute-force answer under that rule, so results do not depend
+      on how ``add`` calls were chunked or on a save / restore in between (beyond float
+      rounding: a batched product may round two scores apart by an ulp, and then they are not
+      equal); approximate retrievers keep the rule too, also for tied frames their search did
+      not visit (``usearch`` falls back to exhaustive search when the k-th score is tied).
     - **State**: ``state_dict()`` is a flat dict of tensors (``safetensors`` can store it);
       ``load_state_dict`` on a fresh instance of the same params restores an index that answers
       every search exactly as the saved one, and keeps accepting ``add``; a state of other

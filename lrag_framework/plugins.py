@@ -387,6 +387,14 @@ def clear_plugin_cache() -> None:
     _cache.clear()
 
 
+def _mark(registry: Registry, entry: Entry, dups: dict) -> str:
+    if (entry.kind, entry.name) not in dups:
+        return ""
+    if registry.shadowed(entry.kind, entry.name):
+        return "" if entry.builtin else " (shadowed)"
+    return " (duplicate)"
+
+
 def plugins_report(as_json: bool = False, kind: str | None = None) -> str:
     """What ``lrag plugins`` prints: components by kind, duplicates (and which built-in shadows
     which), broken, disabled and deprecated plugins."""
@@ -413,9 +421,8 @@ def plugins_report(as_json: bool = False, kind: str | None = None) -> str:
     header = ("name", "distribution", "version", "plugin")
     lines = []
     for k in kinds:
-        rows = [(e.name + ((" (shadowed)" if not e.builtin and registry.shadowed(k, e.name)
-                            else " (duplicate)") if (k, e.name) in dups else ""),
-                 e.distribution, e.version, e.plugin) for e in registry.entries(k)]
+        rows = [(e.name + _mark(registry, e, dups), e.distribution, e.version, e.plugin)
+                for e in registry.entries(k)]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
         title = HOOKS[k].removeprefix("register_")
         lines += [f"{title}:" if rows else f"{title}: none",

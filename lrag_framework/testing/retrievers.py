@@ -31,7 +31,11 @@ def reference_search(histories: list[np.ndarray], queries: np.ndarray, k: int,
         if metric == "cos":
             x = x / np.linalg.norm(x, axis=1, keepdims=True)
             q = q / np.linalg.norm(q)
-        scores = x @ q
+        if len(x):  # identical rows score identically (a BLAS product may round them apart)
+            rows, inverse = np.unique(x, axis=0, return_inverse=True)
+            scores = (rows @ q)[inverse.reshape(-1)]
+        else:
+            scores = np.zeros(0)
         f = min(eligible.shape[1], len(x))
         ok = np.flatnonzero(eligible[s, :f].numpy())
         out.append((ok[np.lexsort((-ok, -scores[ok]))][:k], scores))
@@ -67,7 +71,8 @@ def expect_valid(result, case: strategies.RetrievalCase, exact: bool) -> None:
 def expect_scores(result, case: strategies.RetrievalCase, metric: str, exact: bool,
                   atol: float) -> None:
     """Scores are the metric's similarities; ``exact``: ids are the brute-force answer (swaps
-    only between frames whose scores tie within rounding and whose descriptors differ)."""
+    only between frames whose scores tie within float rounding; exact ties are ``check_ties``'s
+    and ``expect_valid``'s)."""
     ids, scores, counts = (t.cpu() for t in result)
     ref = reference_search(case.histories, case.queries, case.k, case.eligible, metric)
     for i, (ref_ids, ref_sc) in enumerate(ref):
@@ -83,9 +88,6 @@ def expect_scores(result, case: strategies.RetrievalCase, metric: str, exact: bo
         for a, b in zip(got[got != want], want[got != want]):
             expect(abs(ref_sc[a] - ref_sc[b]) <= 2 * tol,
                    f"stream {i}: returned frames {got.tolist()}, brute force {want.tolist()}")
-            h = case.histories[i]
-            expect(not np.array_equal(h[a], h[b]), f"stream {i}: frames {a} and {b} have equal "
-                   f"descriptors; ties go to the newer frame ({max(a, b)}), got {got.tolist()}")
 
 
 def check_search_results(make_retriever: Callable[[], Retriever], *, exact: bool,
