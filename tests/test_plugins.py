@@ -245,14 +245,14 @@ def test_example_package_installs_and_is_listed(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "[1, 12, 3, 16, 16]"
 
 
-def test_example_package_tests_pass_with_the_kit():
+def test_example_package_tests_pass_with_the_kit(tmp_path):
     """The example's own tests (docs/examples/lrag-example-adapter/tests) use
     lrag_framework.testing, as docs/plugins.md shows; they run as its author runs them."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE), os.environ.get(
         "PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           str(EXAMPLE / "tests")], capture_output=True, text=True, env=env,
-                         cwd=EXAMPLE, check=False)
+                         cwd=tmp_path, check=False)  # its .hypothesis/ stays out of the repo
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "2 passed" in out.stdout
 
