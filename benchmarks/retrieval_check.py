@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    print(f"| device | streams | k | frames | copy only (us) | check incl. copy (us) | added (us) |")
+    print("| device | streams | k | frames | copy only (us) | check incl. copy (us) | added (us) |")
     print("|---|---|---|---|---|---|---|")
     for b, k, f in ((1, 6, 480), (8, 6, 480), (8, 6, 15000), (8, 32, 15000)):
         r = load_plugins().build("retriever", "exact", {})
