@@ -21,7 +21,7 @@ API 2 (from API 1) states the contracts once, in ``lrag_framework.interfaces``, 
   first, finite scores) and stops with a ``ComponentError`` naming the component;
 - a loss's weight is a framework field (``losses: [{name, weight, params}]``); the trainer no
   longer reads ``Loss.weight``. A config's ``params.weight`` (API 1) is moved to ``weight`` with a
-  ``DeprecationWarning``;
+  ``FutureWarning``;
 - trainable embedders implement ``interfaces.TrainableEmbedder``; an API-1 embedder with a
   duck-typed ``model`` and ``save`` still trains, with a ``DeprecationWarning``;
 - a bare name that a built-in also registers resolves to the built-in (was: an error).
