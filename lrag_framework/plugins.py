@@ -192,8 +192,8 @@ class Registry:
                         for e in entries})
         off = [e for e in self.disabled_components if e.kind == kind and e.name == bare
                and (not sep or canonical(e.distribution) == canonical(dist))]
-        off_plugins = [d for d in self.disabled_plugins
-                       if bare == d.plugin or (sep and canonical(dist) == canonical(d.distribution))]
+        off_plugins = [d for d in self.disabled_plugins if bare == d.plugin
+                       or (sep and canonical(dist) == canonical(d.distribution))]
         if off or off_plugins:
             what = (f"component {off[0].qualified} is disabled" if off else
                     f"plugin {off_plugins[0].plugin!r} ({off_plugins[0].distribution} "

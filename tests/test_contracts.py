@@ -59,8 +59,8 @@ def test_a_retriever_breaking_the_contract_stops_the_run(make_dist, tmp_path, fa
 
 
 def result(ids, scores, counts):
-    return SearchResult(torch.tensor(ids, dtype=torch.long), torch.tensor(scores, dtype=torch.float32),
-                        torch.tensor(counts))
+    return SearchResult(torch.tensor(ids, dtype=torch.long),
+                        torch.tensor(scores, dtype=torch.float32), torch.tensor(counts))
 
 
 def test_valid_results_pass_and_come_back_on_the_cpu():
