@@ -252,9 +252,9 @@ class Retriever(ABC):
       increasing, each call's first id above every id already added (gaps allowed).
     - **Bad input is a ValueError**: a descriptor or query that is zero or not finite in float32
       (whatever the metric), of another dimension than the index, not a floating ``[n, D]``
-      tensor; frame ids out of order or not matching the descriptors; a negative or non-int
-      stream or ``k``; ``eligible`` not a bool ``[S, F]`` tensor with one row per query. A
-      rejected call changes nothing.
+      tensor; frame ids that are not integers, out of order or not matching the descriptors; a
+      negative or non-int stream or ``k``; ``eligible`` not a bool ``[S, F]`` tensor with one
+      row per query. A rejected call changes nothing.
     - **Eligibility**: only frames with ``eligible[s, f]`` True that were added may be returned;
       columns beyond ``F`` are ineligible; streams never added (or beyond the last one) find
       nothing.
