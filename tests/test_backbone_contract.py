@@ -29,7 +29,7 @@ def test_tiny_with_its_shipped_weights_keeps_the_backbone_contract():
                    rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["self_forcing", "longlive"])
+@pytest.mark.parametrize("name", ["self_forcing", "causal_forcing", "causvid", "longlive"])
 def test_wan_keeps_the_backbone_contract(name):
     check_backbone(lambda: load_plugins().build("backbone", name, SMALL_WAN),
                    items=[prompt(0), prompt(1)], rtol=1e-4)
