@@ -23,11 +23,11 @@ import yaml
 AE = {"in_channels": 3, "spatial_h": 64, "spatial_w": 64, "latent_dim": 128,
       "hidden_dims": [16, 32, 64]}
 LOSSES = {
-    "latent_ae (reconstruction)": [{"name": "reconstruction", "params": {"weight": 1.0}}],
-    "latent_ae + WTD": [{"name": "reconstruction", "params": {"weight": 1.0}},
+    "latent_ae (reconstruction)": [{"name": "reconstruction", "weight": 1.0}],
+    "latent_ae + WTD": [{"name": "reconstruction", "weight": 1.0},
                         {"name": "window_temporal_delta",
-                         "params": {"weight": 1.0, "margin": 0.85, "window": 3}},
-                        {"name": "trajectory_smoothing", "params": {"weight": 1.0}}],
+                         "weight": 1.0, "params": {"margin": 0.85, "window": 3}},
+                        {"name": "trajectory_smoothing", "weight": 1.0}],
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 OK, FAILED, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
@@ -190,13 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
     except KeyboardInterrupt:
         _error("interrupted; complete files were kept, partial ones carry .partial in their name")
         return INTERRUPTED
-    except BrokenPipeError:  # e.g. `lrag plugins | head`
-        sys.stderr.close()
-        return OK
+    except BrokenPipeError:  # the reader left (`lrag plugins | head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return FAILED
     except _input_errors() as err:
         _error(err)
         return BAD_INPUT

@@ -10,13 +10,27 @@ A plugin is a module named by an entry point in the ``lrag_framework`` group. It
   interface from ``lrag_framework.interfaces``);
 - ``params_model``: a pydantic model of the params (``None``: the component takes none).
 
-A plugin module may declare ``LRAG_API_VERSION = <int>``; a plugin declaring another major version
-than ``API_VERSION`` is reported and not loaded. Keep heavy imports (torch models) inside the
-factories so listing plugins stays fast.
+A plugin module may declare ``LRAG_API_VERSION = <int>``: the API it was written for (default:
+``API_VERSION``). A version in ``SUPPORTED_API_VERSIONS`` other than ``API_VERSION`` loads with a
+``PluginWarning`` (``lrag plugins`` lists it); any other is reported and not loaded. Keep heavy
+imports (torch models) inside the factories so listing plugins stays fast.
+
+API 2 (from API 1) states the contracts once, in ``lrag_framework.interfaces``, and enforces them:
+
+- the engine checks every ``Retriever.search`` result (eligible ids, counts and padding, best
+  first, finite scores) and stops with a ``ComponentError`` naming the component;
+- a loss's weight is a framework field (``losses: [{name, weight, params}]``); the trainer no
+  longer reads ``Loss.weight``. A config's ``params.weight`` (API 1) is moved to ``weight`` with a
+  ``FutureWarning``;
+- trainable embedders implement ``interfaces.TrainableEmbedder``; an API-1 embedder with a
+  duck-typed ``model`` and ``save`` still trains, with a ``DeprecationWarning``;
+- a bare name that a built-in also registers resolves to the built-in (was: an error).
+API-1 plugins keep working unchanged apart from these; support for API 1 ends with API 3.
 """
 import pluggy
 
-API_VERSION = 1
+API_VERSION = 2
+SUPPORTED_API_VERSIONS = (1, 2)  # 1: deprecated, loads with a warning
 
 hookspec = pluggy.HookspecMarker("lrag_framework")
 hookimpl = pluggy.HookimplMarker("lrag_framework")

@@ -6,6 +6,10 @@ Dh = head dim, C/H/W = latent channels/height/width, D = descriptor dim.
 K/V layout (fixed, so memory tiers can change without touching a backbone): the K/V of F frames
 is one tensor ``[L, 2, B, F, N, Hh, Dh]`` (index 0 = K, stored *without* RoPE; 1 = V). The
 backbone applies positions in ``prepare`` and rearranges as it likes, once per block.
+
+These docstrings are the plugin contracts, stated once. ``lrag_framework.retrieval`` has the
+helpers a retriever needs to follow its rules, ``lrag_framework.contracts`` the checks the engine
+applies at run time, and ``lrag_framework.testing`` the checks a plugin's own tests call.
 """
 from __future__ import annotations
 
@@ -77,7 +81,9 @@ class Conditioning(ABC):
         return self
 
     def segments(self, frames: Tensor) -> Tensor:
-        """Segment index (0, 1, ... per switch) of frame ids [F] in each stream -> [B, F]."""
+        """Segment index (0, 1, ... per switch) of frame ids [F]: ``[B, F]`` per stream, or
+        ``[1, F]`` when every stream switches at the same frames (the engine broadcasts it; the
+        default, no switches, is all zeros ``[1, F]``)."""
         return torch.zeros((1, len(frames)), dtype=torch.long)
 
 
@@ -92,7 +98,44 @@ class Reference:
 
 
 class Backbone(ABC):
-    """An autoregressive, block-causal video generator attending to an engine-owned context."""
+    """An autoregressive, block-causal video generator attending to an engine-owned context.
+
+    Call order of one run (``Engine.generate``), for a batch of ``B`` streams in lockstep:
+
+    1. ``encode_conditioning(items, num_frames)`` once per batch (``items``: one raw config
+       conditioning per stream); then the engine reads ``switch_frames`` of
+       ``cond.aligned(block_starts)`` and calls ``cond.segments(arange(num_frames))`` once.
+    2. Per block ``[s, s + Fb)`` (the last block may be shorter; prefix frames come in blocks of
+       at most ``Fb`` too):
+       a. ``prepare(context)`` once; ``context.frame_ids`` are the sink, retrieved and local
+          frames, ``context.kv`` their stored K/V, ``context.positions`` their temporal positions
+          (cache slots, see ``generation/plan.py``), ``context.valid`` False on padding;
+       b. for each ``t`` of ``timesteps()`` (``T`` steps): ``denoise(x, t.expand(B), cond,
+          prepared)`` with ``t`` as ``[B]``, then ``sampler_step(x, prediction, t, t_next,
+          noise)`` with ``t`` and ``t_next`` 0-d tensors; after the last step ``t_next`` is 0,
+          so ``sampler_step`` runs ``T`` times and its last call returns the clean block. Prefix
+          blocks skip this step (their frames are given);
+       c. ``recache(clean, cond, prepared)`` once, with the same ``prepared``: the K/V of the
+          clean block at t = 0, stored once and never recomputed.
+       ``prepared`` serves every pass of the block, so passes must not change it.
+    3. At a conditioning switch at block ``s`` (``s`` in the aligned ``switch_frames``), before
+       step 2 of that block: ``recache`` again over the sink frames ``[0, sink)`` and then over
+       the cached non-sink frames ``[max(sink, s + Fb - (window - sink)), s)`` in chunks of at
+       most ``Fb`` frames starting there; each chunk ``[c, c + n)`` gets ``prepare`` of the
+       context that block ``c`` would have with nothing retrieved (its earlier cached frames at
+       their slot positions, its own frames at ``block_positions`` = their slots) and
+       ``context.cond_frame = s``: apply the conditioning of frame ``s`` to all of it. Chunks run
+       oldest first; each one's context holds the K/V already recomputed for earlier chunks,
+       and its result replaces the stored K/V of its frames.
+
+    Before timing a run, ``lrag run`` warms up: a discarded generation of one stream with
+    ``encode_conditioning(items[:1], num_frames)`` (the first conditioning only) over
+    ``min(num_frames, window + Fb)`` frames, retrieval off. A backbone must give the same
+    results whether or not it warmed up (no state kept between ``generate`` calls).
+    Streams: one per conditioning and sample (``conditionings`` x ``samples_per_conditioning``),
+    in batches of at most ``generation.batch_size``: a config without ``conditionings`` has one
+    (``None``), so one stream, whatever ``batch_size`` says.
+    """
 
     spec: BackboneSpec
 
@@ -107,23 +150,30 @@ class Backbone(ABC):
     @abstractmethod
     def sampler_step(self, x: Tensor, prediction: Tensor, t: Tensor, t_next: Tensor,
                      noise: Tensor) -> Tensor:
-        """Move ``x`` at ``t`` to ``t_next`` (0 = clean) given ``denoise``'s prediction.
+        """Move ``x`` [B, Fb, C, H, W] at ``t`` to ``t_next`` (0-d tensors; ``t_next`` = 0 after
+        the last timestep: return the clean block) given ``denoise``'s prediction.
 
-        ``noise`` (shaped like ``x``) comes from the engine's generator; a deterministic sampler
-        ignores it.
+        ``noise`` (shaped like ``x``) comes from the engine's generator, drawn at every step
+        whether used or not; a deterministic sampler ignores it.
         """
 
     @abstractmethod
     def prepare(self, context: Context) -> Any:
-        """Once per block: apply positions (RoPE) to the planned K, lay the context out."""
+        """Once per block: apply positions (RoPE) to the planned K, lay the context out.
+
+        Attention over the context depends on each frame's K/V and position only: not on its
+        order in ``frame_ids`` nor on padding (``valid`` False, whatever its K/V holds)."""
 
     @abstractmethod
     def denoise(self, x: Tensor, t: Tensor, cond: Conditioning, prepared: Any) -> Tensor:
-        """One pass over a noisy block ``x`` [B, Fb, C, H, W] at timestep ``t`` [B]."""
+        """One pass over a noisy block ``x`` [B, Fb, C, H, W] at timestep ``t`` [B]; returns
+        the prediction ``sampler_step`` takes, shaped like ``x``. Stream ``b`` depends only on
+        ``x[b]`` and its context (batch independence, to float tolerance)."""
 
     @abstractmethod
     def recache(self, clean: Tensor, cond: Conditioning, prepared: Any) -> Tensor:
-        """K/V ``[L, 2, B, F, N, Hh, Dh]`` of clean frames [B, F, C, H, W] (t = 0) in context."""
+        """K/V ``[L, 2, B, F, N, Hh, Dh]`` (``spec`` sizes, ``spec.kv_dtype``, K un-roped) of
+        clean frames [B, F, C, H, W] at t = 0 in the prepared context; deterministic."""
 
     def reference(self, item: Any, num_frames: int) -> Reference | None:
         """Ground truth implied by one raw conditioning item, if the backbone knows it."""
@@ -149,14 +199,42 @@ class Backbone(ABC):
 
 
 class Embedder(ABC):
-    """Clean latent frames -> retrieval descriptors."""
+    """Clean latent frames -> retrieval descriptors.
+
+    ``embed`` is a pure function of each frame: deterministic, and a frame's descriptor does not
+    depend on the other frames of the batch (to float tolerance). Descriptors are finite for
+    finite input, all of one dimension D, and non-zero for any frame that is not degenerate (a
+    retriever rejects a zero descriptor; ``avg_pool`` maps a frame of zero spatial mean to one).
+    """
 
     @abstractmethod
     def embed(self, latents: Tensor) -> Tensor:
-        """[N, C, H, W] -> [N, D] descriptors (float)."""
+        """[N, C, H, W] -> [N, D] descriptors (floating, on the latents' device)."""
 
     def to(self, device: torch.device | str) -> "Embedder":
         return self
+
+
+class TrainableEmbedder(Embedder):
+    """An embedder that ``lrag train-embedder`` can train.
+
+    - ``model``: an ``nn.Module``; ``model(latents [N, C, H, W])`` returns ``(reconstruction,
+      embedding)``: ``reconstruction`` [N, C, H, W] or None (an embedder without a decoder;
+      losses that need it then fail with their own message), ``embedding`` [N, D] with gradients.
+      ``embed`` in eval mode gives the descriptors the embedding defines (e.g. L2-normalised).
+    - ``save(folder)``: writes a weights folder holding ``model.safetensors`` (the
+      ``model.state_dict()``; the trainer resumes from it strictly) and whatever the plugin needs
+      to rebuild the model (e.g. ``config.json``).
+    - Loading back: the component's params field named by ``weights_param`` (``weights``) takes
+      that folder; built with it, the embedder embeds exactly as the saved one did.
+    """
+
+    weights_param: str = "weights"
+    model: Any  # torch.nn.Module (typed loosely: interfaces stays free of nn imports)
+
+    @abstractmethod
+    def save(self, folder) -> None:
+        """Write the weights folder ``folder`` (see the class docstring)."""
 
 
 class SearchResult(NamedTuple):
@@ -168,9 +246,38 @@ class SearchResult(NamedTuple):
 class Retriever(ABC):
     """Top-K search over the descriptors of each stream's frames; one instance per batch.
 
-    Frames of a stream are numbered 0, 1, 2, ... in generation order; ``eligible[s, f]`` says
-    whether frame ``f`` of stream ``s`` may be returned (computed by the engine). A zero or
-    non-finite descriptor is an error.
+    The rules (``lrag_framework.retrieval`` implements the checks and the tie-break; the engine
+    checks every result with ``lrag_framework.contracts.check_search_result``):
+
+    - **Frame ids** of a stream are added in generation order: non-negative ints, strictly
+      increasing, each call's first id above every id already added (gaps allowed).
+    - **Bad input is a ValueError**: a descriptor or query that is zero or not finite in float32
+      (whatever the metric), of another dimension than the index, not a floating ``[n, D]``
+      tensor; frame ids that are not integers, out of order or not matching the descriptors; a
+      negative or non-int stream or ``k``; ``eligible`` not a bool ``[S, F]`` tensor with one
+      row per query. A rejected call changes nothing.
+    - **Eligibility**: only frames with ``eligible[s, f]`` True that were added may be returned;
+      columns beyond ``F`` are ineligible; streams never added (or beyond the last one) find
+      nothing.
+    - **Results** ``SearchResult(ids, scores, counts)`` on the queries' device: ``ids`` and
+      ``scores`` ``[S, k]``, ``counts`` ``[S]``; the first ``counts[s] <= k`` slots hold distinct
+      eligible ids with finite scores, best first (non-increasing); the rest are padding: id -1,
+      score -inf. NaN is never a score. An exact retriever returns
+      ``counts[s] = min(k, eligible frames)``; an approximate one may return fewer and must
+      declare the recall it reaches on non-adversarial data.
+    - **Scores** are the similarity of the metric: under cosine, the cosine of the descriptor
+      and the query (so in [-1, 1]) up to float rounding.
+    - **Ties go to the newer frame**: among equal scores the larger frame id ranks first (a
+      static shot gives identical descriptors, and the newer frame's K/V is the more recent).
+      Exact retrievers return the brute-force answer under that rule, so results do not depend
+      on how ``add`` calls were chunked or on a save / restore in between (beyond float
+      rounding: a batched product may round two scores apart by an ulp, and then they are not
+      equal); approximate retrievers keep the rule too, also for tied frames their search did
+      not visit (``usearch`` falls back to exhaustive search when the k-th score is tied).
+    - **State**: ``state_dict()`` is a flat dict of tensors (``safetensors`` can store it);
+      ``load_state_dict`` on a fresh instance of the same params restores an index that answers
+      every search exactly as the saved one, and keeps accepting ``add``; a state of other
+      params is a ValueError.
     """
 
     @abstractmethod
@@ -183,11 +290,11 @@ class Retriever(ABC):
 
     @abstractmethod
     def reset(self) -> None:
-        """Forget every stream."""
+        """Forget every stream (the engine calls it before each batch)."""
 
     @abstractmethod
     def state_dict(self) -> dict:
-        """Everything needed to restore the index."""
+        """Everything needed to restore the index, as a flat dict of tensors."""
 
     @abstractmethod
     def load_state_dict(self, state: dict) -> None:
@@ -202,9 +309,12 @@ class LossInputs:
 
 
 class Loss(ABC):
-    """An embedder training objective; the trainer multiplies it by its configured weight."""
+    """An embedder training objective: a finite 0-d tensor, differentiable in the inputs.
 
-    weight: float = 1.0
+    The weight of a loss in the total is the framework's field ``losses[i].weight`` of the
+    training config, not the plugin's (API 2: a ``weight`` attribute is not read). A loss needing
+    ``latents`` / ``reconstruction`` raises a ValueError naming what is missing.
+    """
 
     @abstractmethod
     def __call__(self, inputs: LossInputs) -> Tensor:

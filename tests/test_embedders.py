@@ -12,7 +12,8 @@ from lrag_embedders import plugin
 from lrag_embedders.ae_weights import load_latent_ae
 from lrag_embedders.latent_ae import AEShape, LatentAE, LatentAEEmbedder
 from lrag_embedders.plugin import AvgPoolParams, LatentAEParams
-from lrag_framework.interfaces import Embedder
+from lrag_framework.interfaces import Embedder, TrainableEmbedder
+from lrag_framework.testing import check_embedder
 
 SMALL = {"in_channels": 3, "spatial_h": 9, "spatial_w": 14, "latent_dim": 12,
          "hidden_dims": [4, 8]}
@@ -206,3 +207,36 @@ def test_plugin_registers_both_embedders_and_the_registry_builds_them(tmp_path):
     assert emb.embed(frames()).shape == (5, 12)
     with pytest.raises(ValidationError):
         registry.build("embedder", "latent_ae", {"hidden_dims": []})
+
+
+# ---------------------------------------------------------------------------- the kit's contract
+
+def test_avg_pool_keeps_the_embedder_contract():
+    check_embedder(lambda: plugin.build_avg_pool(AvgPoolParams()), (4, 6, 5))
+
+
+def test_latent_ae_keeps_the_trainable_embedder_contract():
+    """Also: gradients reach the model, save writes model.safetensors, and the ``weights``
+    param loads the saved folder back to identical descriptors."""
+    assert isinstance(build_ae(), TrainableEmbedder)
+    check_embedder(build_ae, (3, 9, 14), load=lambda folder: build_ae(weights=folder),
+                   max_examples=20)
+
+
+def test_a_duck_typed_trainable_embedder_still_trains_with_a_deprecation_warning():
+    from lrag_framework.config import ConfigError
+    from lrag_framework.training.components import trainable_model
+
+    class Old(Embedder):  # API 1: model + save, without TrainableEmbedder
+        model = torch.nn.Linear(2, 2)
+
+        def embed(self, latents):
+            return latents.flatten(1)
+
+        def save(self, folder):
+            pass
+
+    with pytest.warns(DeprecationWarning, match="subclass lrag_framework.interfaces"):
+        assert trainable_model(Old(), "old") is Old.model
+    with pytest.raises(ConfigError, match="'avg_pool' is not trainable"):
+        trainable_model(plugin.build_avg_pool(AvgPoolParams()), "avg_pool")

@@ -1,7 +1,8 @@
 """Built-in losses: Window Temporal Delta, trajectory smoothing, reconstruction.
 
 Properties (hypothesis) are checked on the weighted loss ``weight * L`` with ``weight > 0``, as
-the trainer uses it; W = min(window, S - 1) is the clipped window.
+the trainer uses it (the weight is the loss section's framework field, ``WeightedLoss``);
+W = min(window, S - 1) is the clipped window. The Loss contract itself: ``check_loss``.
 """
 from __future__ import annotations
 
@@ -13,14 +14,17 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from lrag_framework.interfaces import Loss, LossInputs
+from lrag_framework.testing import check_loss
+from lrag_framework.training.components import LossConfig, WeightedLoss
 from lrag_losses import plugin
-from lrag_losses.plugin import WeightParams, WindowTemporalDeltaParams
+from lrag_losses.plugin import WindowTemporalDeltaParams
 
 PROPS = settings(max_examples=60, deadline=None)
 
 
-def wtd(weight=1.0, **params) -> Loss:
-    return plugin.build_window_temporal_delta(WindowTemporalDeltaParams(weight=weight, **params))
+def wtd(weight=1.0, **params) -> WeightedLoss:
+    return WeightedLoss(plugin.build_window_temporal_delta(WindowTemporalDeltaParams(**params)),
+                        weight)
 
 
 def weighted(loss: Loss, e: torch.Tensor) -> float:
@@ -119,8 +123,8 @@ def test_wtd_matches_the_formula(e, window, margin):
     assert weighted(wtd(margin=margin, window=window), e) == pytest.approx(expected, abs=1e-12)
 
 
-def smoothing(weight=1.0) -> Loss:
-    return plugin.build_trajectory_smoothing(WeightParams(weight=weight))
+def smoothing(weight=1.0) -> WeightedLoss:
+    return WeightedLoss(plugin.build_trajectory_smoothing(), weight)
 
 
 @PROPS
@@ -170,10 +174,9 @@ def test_losses_compute_in_float32_under_bf16():
 
 
 def test_reconstruction_is_the_mse_and_needs_both_tensors():
-    rec = plugin.build_reconstruction(WeightParams(weight=0.5))
+    rec = plugin.build_reconstruction()
     x, y = torch.randn(2, 3, 4, 5, 5), torch.randn(2, 3, 4, 5, 5)
     e = torch.randn(2, 3, 8)
-    assert rec.weight == 0.5
     value = rec(LossInputs(embeddings=e, latents=x, reconstruction=y))
     assert float(value) == pytest.approx(float(((x - y) ** 2).mean()), rel=1e-6)
     assert float(rec(LossInputs(embeddings=e, latents=x, reconstruction=x))) == 0.0
@@ -185,14 +188,13 @@ def test_reconstruction_is_the_mse_and_needs_both_tensors():
 
 def test_plugin_registers_the_three_losses_with_their_params():
     seen = {}
-    plugin.register_losses(lambda name, factory, model: seen.update({name: (factory, model)}))
+    plugin.register_losses(lambda name, factory, model=None: seen.update({name: (factory, model)}))
     assert set(seen) == {"window_temporal_delta", "trajectory_smoothing", "reconstruction"}
     for factory, model in seen.values():
-        loss = factory(model(weight=2.0))
-        assert isinstance(loss, Loss) and loss.weight == 2.0
+        assert isinstance(factory(model()) if model else factory(), Loss)
     d = WindowTemporalDeltaParams()
-    assert (d.margin, d.window, d.weight) == (0.85, 3, 1.0)
-    for bad in ({"margin": 1.5}, {"window": 0}, {"weight": -1}, {"windw": 3}):
+    assert (d.margin, d.window) == (0.85, 3)
+    for bad in ({"margin": 1.5}, {"window": 0}, {"weight": 1}, {"windw": 3}):
         with pytest.raises(ValidationError):
             WindowTemporalDeltaParams(**bad)
 
@@ -200,5 +202,28 @@ def test_plugin_registers_the_three_losses_with_their_params():
 def test_losses_build_through_the_registry():
     from lrag_framework.plugins import load_plugins
 
-    loss = load_plugins().build("loss", "window_temporal_delta", {"margin": 0.5, "weight": 3})
-    assert (loss.margin, loss.window, loss.weight) == (0.5, 3, 3.0)
+    loss = load_plugins().build("loss", "window_temporal_delta", {"margin": 0.5})
+    assert (loss.margin, loss.window) == (0.5, 3)
+
+
+@pytest.mark.parametrize("name, kw", [
+    ("window_temporal_delta", {}), ("trajectory_smoothing", {"min_frames": 3}),
+    ("reconstruction", {"needs": ("latents", "reconstruction")})])
+def test_built_in_losses_keep_the_loss_contract(name, kw):
+    from lrag_framework.plugins import load_plugins
+
+    check_loss(lambda: load_plugins().build("loss", name, {}), max_examples=25, **kw)
+
+
+def test_weight_is_a_framework_field_and_params_weight_is_deprecated():
+    assert LossConfig(name="reconstruction").weight == 1.0
+    assert LossConfig(name="reconstruction", weight=0.5).weight == 0.5
+    with pytest.warns(FutureWarning, match="params.weight is deprecated"):
+        old = LossConfig.model_validate({"name": "window_temporal_delta",
+                                         "params": {"weight": 2.0, "margin": 0.5}})
+    assert (old.weight, old.params) == (2.0, {"margin": 0.5})
+    with pytest.raises(ValidationError, match="weight is given twice"):
+        LossConfig.model_validate({"name": "reconstruction", "weight": 1,
+                                   "params": {"weight": 2}})
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        LossConfig(name="reconstruction", weight=-1)

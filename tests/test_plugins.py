@@ -13,7 +13,8 @@ from pydantic import BaseModel, ValidationError
 
 from lrag_framework import hookimpl
 from lrag_framework.interfaces import Retriever
-from lrag_framework.plugins import HOOKS, PluginError, build_registry, load_plugins, plugins_report
+from lrag_framework.plugins import (HOOKS, PluginError, PluginWarning, build_registry,
+                                    describe_component, load_plugins, plugins_report)
 
 EXAMPLE = Path(__file__).parents[1] / "docs" / "examples" / "lrag-example-adapter"
 
@@ -29,8 +30,8 @@ OK = """
 BROKEN = {  # entry-point name -> (module source, what the report must say)
     "boom": ("import lrag_no_such_module_xyz\n",
              ["failed to import fake_plugins_boom", "No module named 'lrag_no_such_module_xyz'"]),
-    "future": ("LRAG_API_VERSION = 2\n" + textwrap.dedent(OK.format(name="future")),
-               ["declares API 2, this lrag-framework speaks 1"]),
+    "future": ("LRAG_API_VERSION = 3\n" + textwrap.dedent(OK.format(name="future")),
+               ["declares API 3, this lrag-framework speaks 2 (and 1, deprecated)"]),
     "typo": ("""
         from lrag_framework import hookimpl
 
@@ -132,7 +133,8 @@ def test_duplicates_need_a_qualified_name_or_a_disabled_plugin(make_dist, monkey
     assert isinstance(registry.build("retriever", "dist-a:twin", {}), Retriever)
     report = json.loads(plugins_report(as_json=True, kind="retriever"))
     assert report["duplicates"] == [{"kind": "retriever", "name": "twin",
-                                     "qualified_names": ["dist-a:twin", "dist-b:twin"]}]
+                                     "qualified_names": ["dist-a:twin", "dist-b:twin"],
+                                     "shadowed": []}]
     assert "duplicate retriever 'twin'" in plugins_report()
 
     by_arg = load_plugins(disabled=["dist-a"])  # a distribution name
@@ -224,14 +226,14 @@ def test_example_package_installs_and_is_listed(tmp_path):
     out = subprocess.run([sys.executable, "-m", "lrag_framework", "plugins", "--json"],
                          capture_output=True, text=True, check=True, env=env, cwd=tmp_path)
     report = json.loads(out.stdout)
-    ours = [c for c in report["components"] if c["name"] == "example_tiny"]
-    assert ours == [{"kind": "backbone", "name": "example_tiny",
-                     "qualified_name": "lrag-example-adapter:example_tiny",
-                     "distribution": "lrag-example-adapter", "version": "0.1.0",
-                     "plugin": "example_tiny"}]
+    ours = [c for c in report["components"] if c["distribution"] == "lrag-example-adapter"]
+    assert ours == [{"kind": k, "name": n, "qualified_name": f"lrag-example-adapter:{n}",
+                     "distribution": "lrag-example-adapter", "version": "0.2.0",
+                     "plugin": "example", "api": 2}
+                    for k, n in (("backbone", "example_patch"), ("retriever", "example_flat"))]
     assert not [b for b in report["broken"] if b["distribution"] == "lrag-example-adapter"]
 
-    config = {"backbone": {"name": "example_tiny", "params": {"size": "xs"}},
+    config = {"backbone": {"name": "example_patch"}, "retriever": {"name": "example_flat"},
               "retrieval": {"k": 1, "recency": 1}, "generation": {"num_frames": 12},
               "output": {"root": str(tmp_path / "runs"), "video": False}, "device": "cpu"}
     code = ("import json, sys, lrag_framework; "
@@ -241,3 +243,89 @@ def test_example_package_installs_and_is_listed(tmp_path):
                          text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[1, 12, 3, 16, 16]"
+
+
+def test_example_package_tests_pass_with_the_kit(tmp_path):
+    """The example's own tests (docs/examples/lrag-example-adapter/tests) use
+    lrag_framework.testing, as docs/plugins.md shows; they run as its author runs them."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLE), os.environ.get(
+        "PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(EXAMPLE / "tests")], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, check=False)  # its .hypothesis/ stays out of the repo
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "2 passed" in out.stdout
+
+
+def test_a_third_party_name_shadowed_by_a_built_in_resolves_to_the_built_in(make_dist):
+    make_dist("lrag-lsh", {"lsh": OK.format(name="exact")})
+    registry = load_plugins()
+    with pytest.warns(PluginWarning, match="'exact' is the built-in lrag-framework:exact; it "
+                      "shadows 'lrag-lsh:exact'"):
+        assert registry.lookup("retriever", "exact").distribution == "lrag-framework"
+    assert registry.lookup("retriever", "lrag-lsh:exact").plugin == "lsh"
+    from lrag_framework import load_config
+
+    with pytest.warns(PluginWarning):  # the zero-config run still validates, with the warning
+        load_config({})
+    text = plugins_report(kind="retriever")
+    assert "exact (shadowed)  lrag-lsh" in text
+    assert "warning: retriever 'exact' is the built-in lrag-framework:exact; it shadows " \
+           "lrag-lsh:exact" in text
+    dup = json.loads(plugins_report(as_json=True))["duplicates"]
+    assert dup == [{"kind": "retriever", "name": "exact", "shadowed": ["lrag-lsh:exact"],
+                    "qualified_names": ["lrag-framework:exact", "lrag-lsh:exact"]}]
+
+
+def test_disabling_one_component_by_its_qualified_name(make_dist, monkeypatch):
+    make_dist("dist-a", {"twin_a": OK.format(name="twin")})
+    make_dist("dist-b", {"twin_b": OK.format(name="twin")})
+    registry = load_plugins(["Dist_A:twin"])
+    assert registry.lookup("retriever", "twin").distribution == "dist-b"
+    assert not registry.disabled and registry.pm.get_plugin("twin_a") is not None
+    with pytest.raises(PluginError, match="'dist-a:twin' is not available: component "
+                       "dist-a:twin is disabled"):
+        registry.lookup("retriever", "dist-a:twin")
+    monkeypatch.setenv("LRAG_DISABLE_PLUGINS", "dist-b:twin,dist-a:twin")
+    with pytest.raises(PluginError, match="'twin' is not available: component dist-.:twin is "
+                       "disabled"):
+        load_plugins().lookup("retriever", "twin")
+    assert "disabled components: retriever dist-a:twin, retriever dist-b:twin" in plugins_report()
+
+
+def test_a_component_of_a_disabled_plugin_is_said_to_be_disabled(make_dist):
+    make_dist("lrag-lsh", {"lsh": OK.format(name="lsh"), "other": OK.format(name="fake_other")})
+    registry = load_plugins(["lsh"])
+    with pytest.raises(PluginError, match=r"retriever 'lsh' is not available: plugin 'lsh' "
+                       r"\(lrag-lsh 1.0\) is disabled"):
+        registry.lookup("retriever", "lsh")
+    with pytest.raises(PluginError, match=r"unknown retriever 'lsh2'.*disabled plugins, whose "
+                       r"components are not loaded: lsh"):
+        registry.lookup("retriever", "lsh2")
+    with pytest.raises(PluginError, match="plugin 'lsh' .* is disabled"):
+        load_plugins(["lrag-lsh"]).lookup("retriever", "lrag-lsh:anything")
+
+
+def test_a_plugin_for_api_1_loads_with_a_deprecation_warning(make_dist):
+    make_dist("old-plugins", {"old": "LRAG_API_VERSION = 1\n" + textwrap.dedent(
+        OK.format(name="old_exact"))})
+    registry = load_plugins()
+    assert not registry.broken and registry.deprecated_api() == ["old"]
+    with pytest.warns(PluginWarning, match="written for plugin API 1"):
+        registry.build("retriever", "old_exact", {})
+    assert "warning: plugin 'old' is written for a deprecated plugin API" in plugins_report()
+
+
+def test_built_components_are_named_by_their_registration():
+    r = load_plugins().build("retriever", "exact", {})
+    assert describe_component(r, "retriever").startswith("retriever 'exact' (lrag-framework ")
+    from lrag_retrievers.exact_retriever import ExactRetriever
+
+    assert "ExactRetriever (not built through the registry)" in describe_component(
+        ExactRetriever(), "retriever")
+
+
+def test_a_closed_pipe_ends_lrag_plugins_quietly():
+    out = subprocess.run(f"{sys.executable} -m lrag_framework plugins | true", shell=True,
+                         capture_output=True, text=True, check=False)
+    assert out.stderr == "", out.stderr

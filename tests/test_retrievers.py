@@ -14,6 +14,8 @@ from pydantic import ValidationError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from lrag_framework.testing import check_retriever, reference_search, strategies
+from lrag_framework.testing.retrievers import clustered_history, expect_valid
 from lrag_retrievers.exact import ExactParams, register_retrievers as register_exact
 from lrag_retrievers.exact_retriever import ExactRetriever
 from lrag_retrievers.usearch_index import UsearchParams, register_retrievers as register_usearch
@@ -23,35 +25,10 @@ from lrag_retrievers.usearch_retriever import UsearchRetriever
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
-# ---------------------------------------------------------------- random cases and the reference
+# ---------------------------------------------------------------- cases and the reference (the kit)
 
-def draw_vectors(rng: np.random.Generator, n: int, d: int, kind: str) -> np.ndarray:
-    """[n, d] float32 without zero rows; ``lattice``/``dup`` kinds make exact ties common."""
-    if kind == "lattice":
-        x = rng.integers(-2, 3, size=(n, d)).astype(np.float32)
-    else:
-        scale = rng.choice([0.01, 1.0, 100.0])
-        x = rng.standard_normal((n, d)) * scale
-        x = np.where(np.abs(x) < 1e-3 * scale, 1e-3 * scale, x).astype(np.float32)
-    if kind == "dup" and n > 1:
-        x[rng.integers(0, n, n // 2)] = x[rng.integers(0, n, n // 2)]
-    x[~x.any(axis=1), 0] = 1.0
-    return x
-
-
-@st.composite
-def cases(draw, max_frames: int = 40):
-    """Streams with histories, per-stream add chunkings, queries, k and an eligibility mask."""
-    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
-    s, d = draw(st.integers(1, 3)), draw(st.integers(1, 12))
-    kind = draw(st.sampled_from(["normal", "lattice", "dup"]))
-    counts = [draw(st.integers(0, max_frames)) for _ in range(s)]
-    hist = [draw_vectors(rng, n, d, kind) for n in counts]
-    f = draw(st.integers(0, max_frames + 10))
-    eligible = rng.random((s, f)) < draw(st.sampled_from([0.1, 0.5, 1.0]))
-    return {"hist": hist, "queries": draw_vectors(rng, s, d, kind), "k": draw(st.integers(0, 9)),
-            "eligible": torch.from_numpy(eligible), "kind": kind,
-            "cuts": [sorted(rng.choice(max(n, 1), size=min(n, 3), replace=False)) for n in counts]}
+def cases():
+    return strategies.retrieval_cases()
 
 
 def add_all(retriever, hist, dtype=torch.float32, cuts=None):
@@ -61,54 +38,63 @@ def add_all(retriever, hist, dtype=torch.float32, cuts=None):
             retriever.add(s, torch.arange(a, b), torch.from_numpy(x[a:b]).to(dtype))
 
 
-def reference(hist, queries, k, eligible, metric):
-    """Float64 brute force; per stream (ids, scores) sorted by score, then newer frame first."""
-    out = []
-    for s, x in enumerate(hist):
-        x, q = x.astype(np.float64), queries[s].astype(np.float64)
-        if metric == "cos":
-            x = x / np.linalg.norm(x, axis=1, keepdims=True)
-            q = q / np.linalg.norm(q)
-        sc = x @ q
-        f = min(eligible.shape[1], len(x))
-        ok = np.flatnonzero(eligible[s, :f].numpy())
-        order = ok[np.lexsort((-ok, -sc[ok]))][:k]
-        out.append((order, sc))
-    return out
-
-
 def same(a, b) -> bool:
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def check_contract(result, hist, k, eligible):
-    """Eligible, distinct ids; count = min(k, eligible); scores sorted; -1 / -inf padding."""
-    s = len(hist)
-    assert result.ids.shape == result.scores.shape == (s, k)
-    assert result.ids.dtype == torch.long and result.counts.shape == (s,)
-    for i, x in enumerate(hist):
-        f = min(eligible.shape[1], len(x))
-        n_ok = int(eligible[i, :f].sum())
-        c = int(result.counts[i])
-        assert c == min(k, n_ok)
-        ids, sc = result.ids[i, :c], result.scores[i, :c]
-        assert len(set(ids.tolist())) == c
-        assert ((ids >= 0) & (ids < f)).all() and eligible[i, ids].all()
-        assert (sc[:-1] >= sc[1:]).all() and torch.isfinite(sc).all()
-        assert (result.ids[i, c:] == -1).all() and (result.scores[i, c:] == -torch.inf).all()
+def check_contract(result, case, hist=None):
+    expect_valid(result, case if hist is None else
+                 strategies.RetrievalCase(hist, case.cuts, case.queries, case.k, case.eligible,
+                                          case.kind), exact=True)
+
+
+# ---------------------------------------------------------------- the kit's whole contract
+
+@pytest.mark.parametrize("params", [ExactParams(), ExactParams(metric="ip"),
+                                    ExactParams(initial_capacity=1)], ids=["cos", "ip", "cap1"])
+def test_exact_keeps_the_retriever_contract(params):
+    check_retriever(lambda: ExactRetriever(params), exact=True, metric=params.metric)
+
+
+@pytest.mark.parametrize("params, recall, atol", [
+    (UsearchParams(threads=1), 0.95, 1e-4),
+    (UsearchParams(threads=1, metric="ip"), 0.95, 1e-4),
+    (UsearchParams(threads=1, dtype="f16"), 0.95, 2e-3),
+    (UsearchParams(threads=1, dtype="i8"), 0.85, 0.05)], ids=["f32", "ip", "f16", "i8"])
+def test_usearch_keeps_the_retriever_contract(params, recall, atol):
+    """Approximate: the structural rules, scores, ties, state, bad input; recall@6 as declared
+    (docs/retrievers.md) on seeded scene-clustered data."""
+    check_retriever(lambda: UsearchRetriever(params), exact=False, recall=recall,
+                    metric=params.metric, score_atol=atol, max_examples=25)
+
+
+def test_usearch_ties_beyond_the_fetch_go_to_the_newer_frame():
+    """Issue 15: ids 0, 1, 2 with one vector (three add calls), save, restore, add id 10000
+    with the same vector to both: the graph search fetched only old frames; now newest first."""
+    v = torch.tensor([[1.0, 2.0, 3.0]])
+    live = UsearchRetriever(UsearchParams(threads=1))
+    for i in range(3):
+        live.add(0, torch.tensor([i]), v)
+    restored = UsearchRetriever(UsearchParams(threads=1))
+    restored.load_state_dict(live.state_dict())
+    every = torch.ones(1, 10001, dtype=torch.bool)
+    for r in (live, restored):
+        r.add(0, torch.tensor([10000]), v)
+        assert r.search(v, 1, every).ids.tolist() == [[10000]]
+    assert live.stats["tie_fallbacks"] >= 1
 
 
 # ---------------------------------------------------------------- exact
 
 @given(case=cases(), metric=st.sampled_from(["cos", "ip"]), dtype=st.sampled_from(DTYPES))
 def test_exact_matches_float64_reference(case, metric, dtype):
-    hist = [torch.from_numpy(x).to(dtype).double().numpy() for x in case["hist"]]  # as stored
-    queries = torch.from_numpy(case["queries"]).to(dtype)
+    hist = [torch.from_numpy(x).to(dtype).double().numpy() for x in case.histories]  # as stored
+    queries = torch.from_numpy(case.queries).to(dtype)
     r = ExactRetriever(ExactParams(metric=metric, initial_capacity=4))
-    add_all(r, case["hist"], dtype)
-    res = r.search(queries, case["k"], case["eligible"])
-    check_contract(res, hist, case["k"], case["eligible"])
-    ref = reference(hist, queries.double().numpy(), case["k"], case["eligible"], metric)
+    add_all(r, case.histories, dtype)
+    res = r.search(queries, case.k, case.eligible)
+    check_contract(res, case, hist)
+    ref = reference_search(hist, queries.double().numpy(), case.k, case.eligible, metric)
     for s, (ref_ids, ref_sc) in enumerate(ref):
         scale = 1.0 if metric == "cos" else float(np.abs(ref_sc).max(initial=1.0))
         tol = 1e-5 * max(scale, 1.0)  # float32 scoring vs float64
@@ -117,18 +103,18 @@ def test_exact_matches_float64_reference(case, metric, dtype):
         np.testing.assert_allclose(sc, ref_sc[ids], atol=tol, rtol=0)
         differ = ids != ref_ids  # allowed only where the reference scores tie within tol
         assert (np.abs(ref_sc[ids[differ]] - ref_sc[ref_ids[differ]]) <= 2 * tol).all()
-        if case["kind"] == "lattice" and metric == "ip":  # integer scores: ties are exact
+        if case.kind == "lattice" and metric == "ip":  # integer scores: ties are exact
             assert not differ.any()
 
 
 @given(case=cases(), metric=st.sampled_from(["cos", "ip"]), cap=st.integers(1, 8))
 def test_exact_chunking_does_not_change_results(case, metric, cap):
     whole = ExactRetriever(ExactParams(metric=metric, initial_capacity=64))
-    add_all(whole, case["hist"])
+    case.add_to(whole, chunked=False)
     chunked = ExactRetriever(ExactParams(metric=metric, initial_capacity=cap))
-    add_all(chunked, case["hist"], cuts=case["cuts"])
-    a = whole.search(torch.from_numpy(case["queries"]), case["k"], case["eligible"])
-    b = chunked.search(torch.from_numpy(case["queries"]), case["k"], case["eligible"])
+    case.add_to(chunked)
+    a = whole.search(torch.from_numpy(case.queries), case.k, case.eligible)
+    b = chunked.search(torch.from_numpy(case.queries), case.k, case.eligible)
     # Same counts and scores up to float32 rounding (BLAS may round a product over a buffer of
     # another capacity differently); ids differ only where their scores tie within that rounding.
     assert torch.equal(a.counts, b.counts)
@@ -137,19 +123,6 @@ def test_exact_chunking_does_not_change_results(case, metric, cap):
     torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5 * scale)
     differ = a.ids != b.ids
     assert ((a.scores - b.scores)[differ].abs() <= 2e-5 * scale).all()
-
-
-def test_exact_ties_go_to_the_newer_frame():
-    r = ExactRetriever()
-    x = torch.tensor([[1.0, 0.0]]).repeat(10, 1)
-    x[4] = torch.tensor([0.0, 1.0])
-    r.add(0, torch.arange(6), x[:6])
-    r.add(0, torch.arange(6, 10), x[6:])
-    eligible = torch.ones(1, 10, dtype=torch.bool)
-    eligible[0, 9] = False
-    res = r.search(torch.tensor([[2.0, 0.0]]), 4, eligible)
-    assert res.ids.tolist() == [[8, 7, 6, 5]]
-    assert res.scores.tolist() == [[1.0] * 4]
 
 
 def test_exact_buffer_grows_geometrically_and_keeps_history():
@@ -204,9 +177,9 @@ def test_exact_on_gpu_matches_cpu():
     UsearchParams(connectivity=2, expansion_add=1, expansion_search=1, overfetch=1.0)]))
 def test_usearch_contract(case, params):
     r = UsearchRetriever(params.model_copy(update={"threads": 1}))
-    add_all(r, case["hist"], cuts=case["cuts"])
-    res = r.search(torch.from_numpy(case["queries"]), case["k"], case["eligible"])
-    check_contract(res, case["hist"], case["k"], case["eligible"])
+    case.add_to(r)
+    res = r.search(torch.from_numpy(case.queries), case.k, case.eligible)
+    check_contract(res, case)
 
 
 def test_usearch_ties_go_to_the_newer_frame():
@@ -244,16 +217,6 @@ def test_usearch_grows_the_fetch_until_k_eligible_ids():
     res, ref = r.search(q, 6, eligible), e.search(q, 6, eligible)
     assert r.stats["refetches"] >= 1 and r.stats["exact_fallbacks"] == 0
     assert res.ids.tolist() == ref.ids.tolist()
-
-
-def clustered_history(rng, n: int, d: int) -> np.ndarray:
-    """Video-like descriptors: scenes of 20-200 frames, each a slow random walk near a centre."""
-    out = []
-    while sum(len(c) for c in out) < n:
-        length = int(rng.integers(20, 200))
-        walk = np.cumsum(rng.standard_normal((length, d)) * 0.05, axis=0)
-        out.append(rng.standard_normal(d) + walk + 0.1 * rng.standard_normal((length, d)))
-    return np.concatenate(out)[:n].astype(np.float32)
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16"])

@@ -110,15 +110,18 @@ def write_yaml(tmp_path, data) -> str:
 def test_config_errors_are_reported_together(corpus, tmp_path):
     cfg = config(corpus, tmp_path / "r", losses=[{"name": "reconstruction"},
                                                  {"name": "window_temporal_delt"},
-                                                 {"name": "trajectory_smoothing",
-                                                  "params": {"weight": -1}}])
+                                                 {"name": "window_temporal_delta",
+                                                  "params": {"window": 0}}])
     cfg["embedder"]["params"] = {**AE, "latent_dims": 3}
     with pytest.raises(ConfigError) as err:
         load_train_config(cfg)
     text = str(err.value)
     assert "losses.1.name: unknown loss 'window_temporal_delt'" in text
     assert "Did you mean 'window_temporal_delta'" in text
-    assert "losses.2.params.weight" in text and "embedder.params.latent_dims" in text
+    assert "losses.2.params.window" in text and "embedder.params.latent_dims" in text
+    cfg["losses"] = [{"name": "reconstruction", "weight": -1}]
+    with pytest.raises(ConfigError, match="losses.0.weight: Input should be greater"):
+        load_train_config(cfg)
 
 
 def test_frames_of_another_shape_are_a_clear_error(corpus, tmp_path):
@@ -162,8 +165,9 @@ def test_a_loss_from_another_plugin_composes_by_name(corpus, tmp_path, make_dist
     cfg = config(corpus, tmp_path / "r", steps=4, eval_every=4, log_every=2,
                  losses=[{"name": "reconstruction"},
                          {"name": "fake-losses:embedding_norm",
-                          "params": {"weight": 0.5, "target": 2.0}}])
-    train_embedder(load_train_config(cfg))
+                          "params": {"weight": 0.5, "target": 2.0}}])  # API 1: params.weight
+    with pytest.warns(FutureWarning, match="params.weight is deprecated"):
+        train_embedder(load_train_config(cfg))
     for r in rows(tmp_path / "r", "train") + rows(tmp_path / "r", "val"):
         assert set(r["losses"]) == {"reconstruction", "fake-losses:embedding_norm"}
         terms = r["losses"]

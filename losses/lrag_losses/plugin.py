@@ -6,17 +6,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lrag_framework import hookimpl
 
-LRAG_API_VERSION = 1
+LRAG_API_VERSION = 2
 
 
-class WeightParams(BaseModel):
-    """Params of a loss with nothing but its weight in the total."""
+class WindowTemporalDeltaParams(BaseModel):
+    """Params of ``window_temporal_delta`` (its weight in the total is the loss section's
+    ``weight``, a framework field)."""
 
     model_config = ConfigDict(extra="forbid")
-    weight: float = Field(1.0, ge=0, description="multiplier of this loss in the total")
-
-
-class WindowTemporalDeltaParams(WeightParams):
     margin: float = Field(0.85, ge=-1, le=1, description="cosine similarity allowed for free")
     window: int = Field(3, ge=1, description="largest frame lag w (clipped to S-1)")
 
@@ -27,20 +24,20 @@ def build_window_temporal_delta(params: WindowTemporalDeltaParams):
     return WindowTemporalDeltaLoss(params)
 
 
-def build_trajectory_smoothing(params: WeightParams):
+def build_trajectory_smoothing():
     from .temporal import TrajectorySmoothingLoss
 
-    return TrajectorySmoothingLoss(params)
+    return TrajectorySmoothingLoss()
 
 
-def build_reconstruction(params: WeightParams):
+def build_reconstruction():
     from .reconstruction import ReconstructionLoss
 
-    return ReconstructionLoss(params)
+    return ReconstructionLoss()
 
 
 @hookimpl
 def register_losses(register):
     register("window_temporal_delta", build_window_temporal_delta, WindowTemporalDeltaParams)
-    register("trajectory_smoothing", build_trajectory_smoothing, WeightParams)
-    register("reconstruction", build_reconstruction, WeightParams)
+    register("trajectory_smoothing", build_trajectory_smoothing)
+    register("reconstruction", build_reconstruction)

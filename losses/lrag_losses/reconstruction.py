@@ -8,9 +8,6 @@ from lrag_framework.interfaces import Loss, LossInputs
 
 
 class ReconstructionLoss(Loss):
-    def __init__(self, params):
-        self.weight = params.weight
-
     def __call__(self, inputs: LossInputs) -> Tensor:
         x, y = inputs.latents, inputs.reconstruction
         if x is None or y is None:

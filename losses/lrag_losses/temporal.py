@@ -47,15 +47,12 @@ def trajectory_smoothing(e: Tensor) -> Tensor:
 
 class WindowTemporalDeltaLoss(Loss):
     def __init__(self, params):
-        self.margin, self.window, self.weight = params.margin, params.window, params.weight
+        self.margin, self.window = params.margin, params.window
 
     def __call__(self, inputs: LossInputs) -> Tensor:
         return window_temporal_delta(inputs.embeddings, self.margin, self.window)
 
 
 class TrajectorySmoothingLoss(Loss):
-    def __init__(self, params):
-        self.weight = params.weight
-
     def __call__(self, inputs: LossInputs) -> Tensor:
         return trajectory_smoothing(inputs.embeddings)

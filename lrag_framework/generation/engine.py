@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..contracts import check_search_result
 from ..interfaces import Backbone, Conditioning, Context, Embedder, Retriever
 from .memory import KVMemory
 from .plan import Geometry, Plan, plan_block
@@ -147,9 +148,8 @@ class Engine:
                  "scores": [[] for _ in range(b)]}
         if entry["eligible"] == 0:
             return entry["ids"], entry
-        mask = mask.to(query.device)
-        result = self.retriever.search(query, self.g.k, mask)
-        ids, scores, counts = result.ids.cpu(), result.scores.float().cpu(), result.counts.cpu()
+        result = self.retriever.search(query, self.g.k, mask.to(query.device))
+        ids, scores, counts = check_search_result(result, self.g.k, mask, self.retriever, start)
         for s in range(b):
             n = int(counts[s])
             entry["ids"][s] = ids[s, :n].tolist()

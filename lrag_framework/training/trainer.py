@@ -30,6 +30,7 @@ from ..devices import resolve_device
 from ..files import (append_jsonl, atomic_dir, is_checkpoint, load_optimizer, load_state_strict,
                      read_tensors, save_optimizer, write_jsonl, write_yaml)
 from ..interfaces import LossInputs
+from .components import LossConfig, WeightedLoss, trainable_model
 
 STATE_FILE, WEIGHTS_FILE = "trainer_state.json", "model.safetensors"
 
@@ -46,8 +47,8 @@ class RetrievalEvalConfig(Strict):
         description="embedders evaluated beside the trained one")
 
 
-def default_losses() -> list[ComponentConfig]:
-    return [ComponentConfig(name=n) for n in
+def default_losses() -> list[LossConfig]:
+    return [LossConfig(name=n) for n in
             ("reconstruction", "window_temporal_delta", "trajectory_smoothing")]
 
 
@@ -55,7 +56,7 @@ class TrainConfig(Strict):
     corpus: str = Field(description="a collect-latents out_dir")
     run_dir: str
     embedder: ComponentConfig = ComponentConfig(name="latent_ae")
-    losses: list[ComponentConfig] = Field(default_factory=default_losses, min_length=1)
+    losses: list[LossConfig] = Field(default_factory=default_losses, min_length=1)
     seq_len: int = Field(8, ge=1, description="consecutive frames per chunk (S)")
     batch_size: int = Field(128, ge=1, description="chunks per step")
     steps: int = Field(10000, ge=1)
@@ -221,14 +222,6 @@ def load_checkpoint(folder: Path, model, opt, device) -> dict:
 
 # ---------------------------------------------------------------------------- the run
 
-def _trainable(embedder, name: str):
-    model = getattr(embedder, "model", None)
-    if not isinstance(model, torch.nn.Module) or not callable(getattr(embedder, "save", None)):
-        raise ConfigError([(f"embedder.name: {name!r} is not trainable (it needs a `model` "
-                            "nn.Module returning (reconstruction, embedding) and `save(folder)`)")])
-    return model
-
-
 def train_embedder(cfg: TrainConfig,
                    progress: Callable[[int, int], object] | None = None) -> dict:
     """Train, validate every ``eval_every`` steps (checkpoints last/best), evaluate retrieval.
@@ -256,9 +249,9 @@ def train_embedder(cfg: TrainConfig,
     corpus = LatentCorpus(cfg.corpus)
     train, val = split_videos(corpus, cfg)
     embedder = registry.build("embedder", cfg.embedder.name, cfg.embedder.params).to(device)
-    model = _trainable(embedder, cfg.embedder.name)
+    model = trainable_model(embedder, cfg.embedder.name)
     embedder.embed(corpus.frames(train[0], 0, 1).to(device))  # frame shape check, clear error
-    losses = [registry.build("loss", c.name, c.params) for c in cfg.losses]
+    losses = [WeightedLoss(registry.build("loss", c.name, c.params), c.weight) for c in cfg.losses]
     labels = loss_labels(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best, rows = 0, None, []

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lrag_framework.interfaces import Embedder
+from lrag_framework.interfaces import TrainableEmbedder
 
 
 @dataclass(frozen=True)
@@ -133,10 +133,11 @@ class LatentAE(nn.Module):
         return self.decoder(z), z
 
 
-class LatentAEEmbedder(Embedder):
+class LatentAEEmbedder(TrainableEmbedder):
     """``embed``: the encoder's output, L2-normalised; frames are checked against ``[C, H, W]``.
 
-    Trainable: ``model`` maps frames to (reconstruction, raw embedding); ``save`` writes weights.
+    Trainable (``interfaces.TrainableEmbedder``): ``model`` maps frames to (reconstruction, raw
+    embedding); ``save`` writes the folder that the ``weights`` param loads back.
     """
 
     def __init__(self, model: LatentAE):

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lrag_framework import hookimpl
 
-LRAG_API_VERSION = 1
+LRAG_API_VERSION = 2
 
 
 class AvgPoolParams(BaseModel):

@@ -15,33 +15,11 @@ import torch
 from torch import Tensor
 
 from lrag_framework.interfaces import Retriever, SearchResult
+from lrag_framework.retrieval import (check_frame_ids, check_search, check_stream, check_vectors,
+                                      empty_result, normalise, pack_config, top_k_newest_first,
+                                      unpack_config)
 
-from .common import (check_frame_ids, check_search, check_stream, check_vectors, empty_result,
-                     pack_config, unpack_config)
 from .exact import ExactParams
-
-
-def normalise(x: Tensor) -> Tensor:
-    """Rows of ``x`` [n, D] scaled to unit L2 norm (pre-scaled by max |x| so tiny rows survive)."""
-    x = x / x.abs().amax(dim=1, keepdim=True)
-    return x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
-
-
-def top_k_newest_first(scores: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Best ``k`` of ``scores`` [S, F] where ``mask``; equal scores: larger frame id first.
-
-    Returns ids [S, m] (-1 padded) and scores [S, m] (-inf padded), m <= k. ``topk`` alone has
-    no defined order among ties, so every eligible frame scoring at least the k-th best value is
-    collected newest first and then stably sorted by score.
-    """
-    kth = scores.topk(min(k, scores.shape[1]), dim=1).values[:, -1:]  # [S, 1]
-    cand = mask & (scores >= kth)  # [S, F]: the top k plus anything tied with the k-th
-    m = int(cand.sum(dim=1).max())
-    frame = torch.arange(scores.shape[1], device=scores.device)
-    ids = torch.where(cand, frame, -1).topk(m, dim=1).values  # [S, m] ids descending
-    top = scores.gather(1, ids.clamp(min=0)).masked_fill(ids < 0, -torch.inf)
-    order = top.sort(dim=1, descending=True, stable=True).indices
-    return ids.gather(1, order)[:, :k], top.gather(1, order)[:, :k]
 
 
 class ExactRetriever(Retriever):
@@ -126,7 +104,6 @@ class ExactRetriever(Retriever):
         # faster than [Sq, f, D] x [Sq, D, 1])
         scores = torch.bmm(q[:, None, :], self._buf[:sq, :f].transpose(1, 2)).squeeze(1)
         mask = eligible[:sq, :f].to(dev) & self._present[:sq, :f]  # [Sq, f]
-        scores = scores.masked_fill(~mask, -torch.inf)
         ids, top = top_k_newest_first(scores, mask, k)  # [Sq, m], m <= k
         result = empty_result(s, k, dev)
         result.ids[:sq, :ids.shape[1]] = ids

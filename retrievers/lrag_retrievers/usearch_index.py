@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lrag_framework import hookimpl
 
-LRAG_API_VERSION = 1
+LRAG_API_VERSION = 2
 
 
 class UsearchParams(BaseModel):

@@ -5,10 +5,14 @@ usearch has no filter argument, so eligibility is applied after the graph search
 ``min(k, eligible)`` eligible ids are found. When the graph returns fewer ids than asked, or all
 it has without enough eligible ones (a graph can be disconnected, e.g. by duplicate vectors), the
 stream falls back to usearch's exhaustive ``exact=True`` search, so a result is never short.
-``stats`` counts searches, re-fetches and exact fallbacks.
+``stats`` counts searches, re-fetches, exact fallbacks and tie fallbacks.
 
-Scores are ``1 - distance`` (the cosine or inner product computed in the index's dtype). Among
-equal scores of the fetched candidates the newer frame wins. Under ``cos`` vectors are
+Scores are ``1 - distance`` (the cosine or inner product computed in the index's dtype). Ties go
+to the newer frame as in ``exact`` (the Retriever contract), also among frames the graph search
+did not return: when the k-th result's score is shared by another fetched frame the stream is
+answered by the exhaustive search (``stats["tie_fallbacks"]``), and when it is the worst score
+fetched the fetch is doubled, so duplicate descriptors (a static shot) rank newest first however
+the graph was built and however ``add`` calls were chunked. Under ``cos`` vectors are
 L2-normalised before they enter the index (f16 cannot hold large raw values).
 
 ``state_dict`` carries each index as its usearch serialisation (bytes in a uint8 tensor);
@@ -25,9 +29,9 @@ from torch import Tensor
 from usearch.index import Index
 
 from lrag_framework.interfaces import Retriever, SearchResult
+from lrag_framework.retrieval import (check_frame_ids, check_search, check_stream, check_vectors,
+                                      normalise, pack_config, unpack_config)
 
-from .common import (check_frame_ids, check_search, check_stream, check_vectors, pack_config,
-                     unpack_config)
 from .usearch_index import UsearchParams
 
 F16_MAX = 65504.0
@@ -59,8 +63,7 @@ class UsearchRetriever(Retriever):
         """Validated float32 [n, D] NumPy copy, unit rows under cos."""
         x = x.detach().to("cpu", torch.float32)
         if self.params.metric == "cos":
-            x = x / x.abs().amax(dim=1, keepdim=True)
-            x = x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
+            x = normalise(x)
         elif self.params.dtype == "f16" and x.numel() and float(x.abs().max()) > F16_MAX:
             raise ValueError(f"{what} hold |x| = {float(x.abs().max()):.3g}, beyond the f16 range "
                              f"({F16_MAX}) of this index: use dtype f32 or scale descriptors")
@@ -124,18 +127,34 @@ class UsearchRetriever(Retriever):
             found = index.search(q, count)
             keys = found.keys.astype(np.int64)
             ok = allowed[keys]
+            complete = len(keys) == n  # the fetch holds every frame: nothing can be missed
             if ok.sum() >= need:
-                break
-            if len(keys) < count or count == n:  # the graph has nothing more to give
+                keys, sims = self._ranked(keys, found.distances, ok)
+                kth = sims[need - 1]
+                if complete or (kth > np.float32(1.0 - found.distances.max())
+                                and int((sims == kth).sum()) == 1):
+                    return keys[:k], sims[:k]
+                # a tied frame the graph missed may be newer; a frame beyond the fetch may tie
+                # with a k-th score that is the worst fetched (then fetch more, if there is more)
+                if int((sims == kth).sum()) > 1 or len(keys) < count:
+                    self.stats["tie_fallbacks"] += 1
+                    break
+            elif len(keys) < count or count == n:  # the graph has nothing more to give
                 self.stats["exact_fallbacks"] += 1
-                found = index.search(q, n, exact=True, threads=self.params.threads)
-                keys = found.keys.astype(np.int64)
-                ok = allowed[keys]
                 break
             self.stats["refetches"] += 1
             count = min(n, 2 * count)
-        keys, sims = keys[ok], (1.0 - found.distances[ok]).astype(np.float32)
-        order = np.lexsort((-keys, -sims))[:k]  # by similarity, then newer frame first
+        found = index.search(q, n, exact=True, threads=self.params.threads)
+        keys = found.keys.astype(np.int64)
+        keys, sims = self._ranked(keys, found.distances, allowed[keys])
+        return keys[:k], sims[:k]
+
+    @staticmethod
+    def _ranked(keys: np.ndarray, distances: np.ndarray,
+                ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Eligible ``keys`` with similarities, by similarity, then newer frame first."""
+        keys, sims = keys[ok], (1.0 - distances[ok]).astype(np.float32)
+        order = np.lexsort((-keys, -sims))
         return keys[order], sims[order]
 
     def state_dict(self) -> dict:

@@ -1,7 +1,7 @@
 """Entry point of the built-in ``tiny`` backbone (registered like any third-party plugin)."""
 from lrag_framework import hookimpl
 
-LRAG_API_VERSION = 1
+LRAG_API_VERSION = 2
 
 
 def build_tiny(params):

@@ -1,7 +1,7 @@
 """Entry point of the built-in Wan2.1 causal backbones, one registered name per preset."""
 from lrag_framework import hookimpl
 
-LRAG_API_VERSION = 1
+LRAG_API_VERSION = 2
 
 
 def build_wan(params):

@@ -1,16 +1,16 @@
-"""Input checks and result helpers shared by the built-in retrievers.
+"""Helpers for writing a retriever: the input checks and result helpers of the Retriever contract.
 
-Both retrievers follow the same rules (``lrag_framework.interfaces.Retriever``):
+The rules themselves are stated once, in ``lrag_framework.interfaces.Retriever``; these functions
+implement the parts every retriever needs, so a plugin follows them by calling them (the built-in
+``exact`` and ``usearch`` do):
 
-- a stream's frame ids are added in generation order: non-negative, strictly increasing, each
-  call's first id above every id already added to that stream (gaps are allowed);
-- a descriptor or query that is zero or not finite is an error, whatever the metric;
-- ``eligible[s, f]`` only counts for frames that were added; columns beyond ``F`` are ineligible;
-- ties (equal scores) go to the newer frame (larger id), so results never depend on how the
-  history was chunked into ``add`` calls or on the order a kernel visits candidates.
-
-State dicts are flat dicts of tensors (``config`` is UTF-8 JSON in a uint8 tensor), so
-``safetensors.torch.save_file(retriever.state_dict(), path)`` works as is.
+- ``check_stream``, ``check_vectors``, ``check_frame_ids``, ``check_search``: reject bad input of
+  ``add`` / ``search`` with a ``ValueError`` naming the value;
+- ``normalise``: L2 rows for cosine scoring, safe for tiny and huge rows;
+- ``top_k_newest_first``: top-K over a dense score matrix with the newest-first tie-break;
+- ``empty_result``: the padded result of a search that finds nothing;
+- ``pack_config`` / ``unpack_config``: a JSON ``config`` entry for a flat tensor state dict, so
+  ``safetensors.torch.save_file(retriever.state_dict(), path)`` works as is.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import json
 import torch
 from torch import Tensor
 
-from lrag_framework.interfaces import SearchResult
+from .interfaces import SearchResult
 
 STATE_VERSION = 1
 
@@ -53,7 +53,8 @@ def check_vectors(x: Tensor, dim: int | None, what: str) -> None:
 
 
 def check_frame_ids(frame_ids: Tensor, n: int, last: int) -> Tensor:
-    """Frame ids [n] as a CPU long tensor; strictly increasing and above ``last``."""
+    """Frame ids [n] as a CPU long tensor; strictly increasing and above ``last`` (the largest id
+    already added to the stream, -1 if none)."""
     if not isinstance(frame_ids, Tensor) or frame_ids.dim() != 1:
         raise ValueError(f"frame_ids must be a 1-D tensor, got {frame_ids!r}")
     if frame_ids.is_floating_point() or frame_ids.dtype == torch.bool:
@@ -68,6 +69,7 @@ def check_frame_ids(frame_ids: Tensor, n: int, last: int) -> Tensor:
 
 
 def check_search(queries: Tensor, k: int, eligible: Tensor, dim: int | None) -> None:
+    """The arguments of ``Retriever.search``; ``dim`` is the index's dimension (None: empty)."""
     check_vectors(queries, dim, "queries")
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"k must be a non-negative int, got {k!r}")
@@ -79,13 +81,40 @@ def check_search(queries: Tensor, k: int, eligible: Tensor, dim: int | None) -> 
         raise ValueError(f"eligible has {eligible.shape[0]} rows for {queries.shape[0]} queries")
 
 
-def empty_result(s: int, k: int, device: torch.device) -> SearchResult:
+def normalise(x: Tensor) -> Tensor:
+    """Rows of ``x`` [n, D] scaled to unit L2 norm (pre-scaled by max |x| so tiny rows survive)."""
+    x = x / x.abs().amax(dim=1, keepdim=True)
+    return x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
+
+
+def top_k_newest_first(scores: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Best ``k`` of ``scores`` [S, F] where ``mask``; equal scores: larger frame id first.
+
+    Returns ids [S, m] (-1 padded) and scores [S, m] (-inf padded), m <= k. ``topk`` alone has
+    no defined order among ties, so every eligible frame scoring at least the k-th best value is
+    collected newest first and then stably sorted by score (one device sync, for the number of
+    candidates: k unless scores tie at the k-th).
+    """
+    scores = scores.masked_fill(~mask, -torch.inf)
+    kth = scores.topk(min(k, scores.shape[1]), dim=1).values[:, -1:]  # [S, 1]
+    cand = mask & (scores >= kth)  # [S, F]: the top k plus anything tied with the k-th
+    m = int(cand.sum(dim=1).max())
+    frame = torch.arange(scores.shape[1], device=scores.device)
+    ids = torch.where(cand, frame, -1).topk(m, dim=1).values  # [S, m] ids descending
+    top = scores.gather(1, ids.clamp(min=0)).masked_fill(ids < 0, -torch.inf)
+    order = top.sort(dim=1, descending=True, stable=True).indices
+    return ids.gather(1, order)[:, :k], top.gather(1, order)[:, :k]
+
+
+def empty_result(s: int, k: int, device: torch.device | str) -> SearchResult:
+    """``s`` streams with nothing found: ids -1, scores -inf, counts 0."""
     return SearchResult(torch.full((s, k), -1, dtype=torch.long, device=device),
                         torch.full((s, k), -torch.inf, device=device),
                         torch.zeros(s, dtype=torch.long, device=device))
 
 
 def pack_config(**config) -> Tensor:
+    """``config`` (JSON-able) plus ``state_version`` as UTF-8 JSON in a uint8 tensor."""
     text = json.dumps({"state_version": STATE_VERSION, **config}, sort_keys=True)
     return torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8).clone()
 
