@@ -17,6 +17,7 @@ from .config import ConfigError, RunConfig, apply_overrides, read_config, valida
 from .generation.engine import Engine, EngineOptions, Generation, stream_generator
 from .interfaces import ComponentError
 from .outputs.media import side_by_side_files
+from .generation.budget import resolve_memory
 from .generation.memory import MemoryBudgetError
 from .files import write_json, write_jsonl, write_tensors
 from .generation.plan import Geometry
@@ -283,6 +284,9 @@ def run(config, overrides: list[str] = (), prefix: Tensor | None = None,
     modes = (["native"] if cfg.compare else []) + (["retrieval"] if cfg.retrieval.enabled else [])
     if not modes:
         modes = ["native"]
+    cfg, memory_resolved = resolve_memory(  # budget_gb auto: resolved before anything runs
+        cfg, comps.backbone, min(cfg.generation.batch_size, len(streams_of(cfg))),
+        g.window + g.block, g.sink, comps.device)
     run_dir = _run_dir(cfg)
     with (run_dir / "config.yaml").open("w") as f:
         yaml.safe_dump(cfg.model_dump(mode="json"), f, sort_keys=False)
@@ -316,6 +320,8 @@ def run(config, overrides: list[str] = (), prefix: Tensor | None = None,
     first_generated = 0 if prefix is None else prefix.shape[1]
     metrics = _report(run_dir, cfg, g, pixels, logs, references, first_generated, paths)
     summary = {"name": cfg.name, "device": str(comps.device), "modes": summaries}
+    if memory_resolved:
+        summary["memory_resolved"] = memory_resolved
     if metrics:
         for mode, m in metrics.items():
             summaries[mode].update({k: v for k, v in m.items() if k != "psnr"})

@@ -186,6 +186,24 @@ class WanBackbone(Backbone):
         self.spec = BackboneSpec(**{**self.spec.__dict__, "kv_dtype": self.dtype})
         return self
 
+    def memory_estimate(self, streams: int, num_frames: int) -> int:
+        """Weights (DiT, and VAE or TAEHV for video out), the context buffers of one block
+        (roped K/V of up to twice the window), its per-layer activations (FFN width, float32
+        residual, a few temporaries) and a decoder's working set; the text encoder is freed
+        before generation. An estimate for refusing runs that cannot fit, not a measurement."""
+        c, p = self.cfg, self.params
+        weight = 1 if p.quantize == "float8" else self.dtype.itemsize
+        linear = sum(m.weight.numel() for m in self.model.blocks.modules()
+                     if isinstance(m, torch.nn.Linear))
+        dit = linear * weight + (sum(t.numel() for t in self.model.parameters()) - linear) * 4
+        n, block = c.tokens_per_frame, p.frames_per_block
+        context = (c.num_layers * 2 * streams * (2 * p.window + block) * n * c.dim
+                   * self.dtype.itemsize)
+        activations = 6 * streams * block * n * max(c.ffn_dim, 3 * c.dim) * 4
+        pixels = streams * 4 * block * 3 * 64 * n * 4  # one decoded block, 8x8 pixels a latent
+        decoder = (2 * 2 ** 20 if p.decoder == "taehv" else 260 * 2 ** 20) + 24 * pixels
+        return int(dit + context + activations + decoder)
+
     def _ready(self) -> None:
         if self.model.head.head.weight.is_meta:  # random init, never moved: CPU
             self.to(self.device, self.dtype)
