@@ -95,7 +95,8 @@ def test_resolve_memory_keeps_a_numeric_budget_and_resolves_auto(bb):
 
 def test_run_with_auto_budget_records_the_choice_and_keeps_every_frame(tmp_path):
     cfg = {"backbone": {"name": "tiny", "params": {"height": 16, "width": 16, "patch": 4,
-                                                    "dim": 32, "layers": 2, "heads": 2}},
+                                                    "dim": 32, "layers": 2, "heads": 2,
+                                                    "weights": None}},
            "generation": {"num_frames": 30, "batch_size": 1},
            "memory": {"budget_gb": "auto"}, "device": "cpu",
            "output": {"root": str(tmp_path), "video": False, "save_latents": False}}
