@@ -28,11 +28,15 @@ def kind_of(name: str) -> str:
 def profile_block(cfg: dict, block: int) -> dict:
     """Profile block ``block`` (0-based) of the retrieval run of ``cfg``."""
     from lrag_framework.config import validate
+    from lrag_framework.generation.budget import resolve_memory
     from lrag_framework.generation.engine import stream_generator
     from lrag_framework.runner import build_components, make_engine
 
     run_cfg = validate(cfg)
     comps = build_components(run_cfg)
+    g = comps.backbone.spec
+    run_cfg, _ = resolve_memory(run_cfg, comps.backbone, 1, g.window + g.frames_per_block,
+                                g.sink, comps.device)
     engine = make_engine(run_cfg, comps, retrieval=True)
     cond = comps.backbone.encode_conditioning(run_cfg.conditionings[:1],
                                               run_cfg.generation.num_frames)
