@@ -48,7 +48,8 @@ def profile_block(cfg: dict, block: int) -> dict:
                         on_block=lambda end, clean: prof.step())
         torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
-               and e.time_range.end > e.time_range.start]
+               and e.time_range.end > e.time_range.start
+               and not e.name.startswith("ProfilerStep")]  # the step's own GPU-side span
     spans = sorted((e.time_range.start, e.time_range.end) for e in kernels)
     busy, last_end = 0.0, float("-inf")
     for start, end in spans:  # union of intervals

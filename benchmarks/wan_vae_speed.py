@@ -55,7 +55,7 @@ def main() -> None:
         def build():
             vae = random_vae(VAEConfig(dim=8 if args.tiny else 96)).to(device, dtype)
             if channels_last:
-                vae.to(memory_format=torch.channels_last_3d)
+                vae.channels_last()
             if compile:
                 vae.compile_decoder()
             vae_module.fast_convs = real_fast_convs if benchmark else (

@@ -187,3 +187,14 @@ def test_float8_linears_run_close_to_bf16_on_cuda():
         outs.append(bb.denoise(x, torch.full((2,), 500.0), cond, bb.prepare(ctx)))
     rel = (outs[1] - outs[0]).norm() / outs[0].norm()
     assert 0 < rel < 0.2
+
+
+def test_vae_channels_last_decodes_as_the_default_layout():
+    from lrag_adapters.wan.vae import VAEConfig, random_vae
+
+    z = torch.randn(1, 16, 3, 4, 6, generator=torch.Generator().manual_seed(8))
+    plain = random_vae(VAEConfig(dim=8))
+    fast = random_vae(VAEConfig(dim=8)).channels_last()
+    assert fast.conv2.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.decode(z), plain.decode(z), rtol=1e-4, atol=1e-5)

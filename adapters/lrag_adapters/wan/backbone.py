@@ -86,7 +86,7 @@ class WanBackbone(Backbone):
                                None if p.vae_dim is None else VAEConfig(dim=p.vae_dim))
             self._vae = vae.to(self.device, self.dtype)
             if self.device.type == "cuda":  # the fast path, see docs/vae.md
-                self._vae.to(memory_format=torch.channels_last_3d)
+                self._vae.channels_last()
                 if p.vae_compile:
                     self._vae.compile_decoder()
         return self._vae

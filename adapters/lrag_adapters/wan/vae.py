@@ -177,6 +177,15 @@ class WanVAE(nn.Module):
         """One un-normalised latent frame [B, z, 1, h, w] -> 1 (first) or 4 frames [B, 3, ...]."""
         return self.decoder(self.conv2(z), cache)
 
+    def channels_last(self) -> WanVAE:
+        """The 3-D conv weights in ``channels_last_3d`` (faster cuDNN kernels on CUDA; the 2-D
+        convs of the attention and spatial resamplers stay as they are). ``StreamDecoder`` then
+        feeds frames in the same format."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
+        return self
+
     def compile_decoder(self) -> None:
         """torch.compile ``decode_frame`` (one graph for a stream's first frame, one for the
         others); compiled at the first decode."""
