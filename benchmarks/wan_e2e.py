@@ -5,6 +5,7 @@ word-level tokenizer of the same size (tokenising is negligible next to the enco
 
     python benchmarks/wan_e2e.py                 # H100: 120 latent frames, retrieval on
     python benchmarks/wan_e2e.py --tiny          # CPU smoke check
+    python benchmarks/wan_e2e.py --decoder vae taehv   # one row per decoder (TAEHV: random weights)
 
 Prints one markdown table: text encode (cold: builds the 5.7B-parameter encoder, encodes, frees
 it), the run's setup (DiT, VAE, warm-up block, compile), generation, decode + write, time to the
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("--preset", default="self_forcing")
     parser.add_argument("--eager", dest="compile", action="store_false",
                         help="no torch.compile (the preset's default compiles on CUDA)")
+    parser.add_argument("--decoder", choices=["vae", "taehv"], nargs="+", default=["vae"])
+    parser.add_argument("--vae-compile", action="store_true", help="torch.compile the VAE decoder")
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not args.tiny
     if not args.tiny and not cuda:
@@ -71,36 +74,44 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
         text_s = time.perf_counter() - job
-        params = {"random_init": True, "tokenizer_dir": str(tmp / "tokenizer"),
-                  "prompt_cache": str(tmp / "cache"), "compile": args.compile,
-                  **({**TINY_DIT, "text_encoder_sizes": TINY_T5, "vae_dim": 8}
-                     if args.tiny else {})}
-        cfg = {"name": "wan_e2e", "backbone": {"name": args.preset, "params": params},
-               "retrieval": {"k": 6, "recency": 5, "placement": "reference"},
-               "generation": {"num_frames": frames, "window": 12, "sink": 1, "batch_size": 1},
-               "conditionings": [PROMPT],
-               "output": {"root": str(tmp / "runs"), "fps": 16, "video_scale": 1},
-               "device": device}
-        start = time.perf_counter()
-        result = lrag_framework.run(cfg)
-        wall = time.perf_counter() - start
-        s = result.summary["modes"]["retrieval"]
-        t = s["timings"]
-        video = next((result.run_dir / "retrieval").glob("*.mp4"))
-        setup = wall - t["total"] - t["decode_write"]
-        first_job = text_s + setup + t["first_frame"]
         print(f"# wan_e2e: {args.preset}{' (tiny)' if args.tiny else ''}, random weights, "
               f"{torch.cuda.get_device_name() if cuda else 'cpu'}, torch {torch.__version__}, "
-              f"{platform.python_version()}, compile {args.compile}, {frames} latent frames = "
-              f"{4 * frames - 3} video frames, retrieval K=6 R=5\n")
-        print("| text encode s | setup s | generate s | decode+write s | first frame s (gen) | "
-              "first frame s (job) | wall s (job) | end-to-end video FPS | mp4 MiB |")
-        print("|" + "---|" * 9)
-        total = text_s + wall
-        print(f"| {text_s:.2f} | {setup:.2f} | {t['total']:.2f} | {t['decode_write']:.2f} | "
-              f"{t['first_frame']:.2f} | {first_job:.2f} | {total:.2f} | "
-              f"{(4 * frames - 3) / (t['total'] + t['decode_write']):.1f} | "
-              f"{video.stat().st_size / 2 ** 20:.1f} |")
+              f"{platform.python_version()}, compile {args.compile}, vae_compile "
+              f"{args.vae_compile}, {frames} latent frames = {4 * frames - 3} video frames, "
+              f"retrieval K=6 R=5\n")
+        print("| decoder | text encode s | setup s | generate s | decode+write s | first frame s "
+              "(gen) | first frame s (job) | wall s (job) | end-to-end video FPS | peak GPU GiB "
+              "| mp4 MiB |")
+        print("|" + "---|" * 11)
+        for decoder in args.decoder:
+            params = {"random_init": True, "tokenizer_dir": str(tmp / "tokenizer"),
+                      "prompt_cache": str(tmp / "cache"), "compile": args.compile,
+                      "decoder": decoder, "vae_compile": args.vae_compile,
+                      **({**TINY_DIT, "text_encoder_sizes": TINY_T5, "vae_dim": 8}
+                         if args.tiny else {})}
+            cfg = {"name": "wan_e2e", "backbone": {"name": args.preset, "params": params},
+                   "retrieval": {"k": 6, "recency": 5, "placement": "reference"},
+                   "generation": {"num_frames": frames, "window": 12, "sink": 1,
+                                  "batch_size": 1},
+                   "conditionings": [PROMPT],
+                   "output": {"root": str(tmp / "runs"), "fps": 16, "video_scale": 1},
+                   "device": device}
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            result = lrag_framework.run(cfg)
+            wall = time.perf_counter() - start
+            s = result.summary["modes"]["retrieval"]
+            t = s["timings"]
+            video = next((result.run_dir / "retrieval").glob("*.mp4"))
+            setup = wall - t["total"] - t["decode_write"]
+            first_job = text_s + setup + t["first_frame"]
+            peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else 0.0
+            print(f"| {decoder} | {text_s:.2f} | {setup:.2f} | {t['total']:.2f} | "
+                  f"{t['decode_write']:.2f} | {t['first_frame']:.2f} | {first_job:.2f} | "
+                  f"{text_s + wall:.2f} | "
+                  f"{(4 * frames - 3) / (t['total'] + t['decode_write']):.1f} | {peak:.2f} | "
+                  f"{video.stat().st_size / 2 ** 20:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,21 @@ frames: 4T - 3 in all), the retrieval/native time ratio, peak GPU memory, host m
     python benchmarks/wan_speed.py                       # H100: 120 and 480 latent frames
     python benchmarks/wan_speed.py --tiny                # CPU smoke check, tiny model
     python benchmarks/wan_speed.py --frames 120 --budget-gb 40 --preset causal_forcing
+    python benchmarks/wan_speed.py --quantize none float8 --profile   # fp8 rows + error, profile
 
-History K/V lives in a device pool bounded by ``--budget-gb`` (policy ``drop_oldest``): 480 frames
-of 1.3B K/V (0.27 GiB each in bf16) do not fit an 80 GiB card, the oldest evicted frames give
-up their K/V (they stay indexed but can no longer be retrieved; the "dropped" column).
+History K/V lives in a device pool bounded by ``--budget-gb`` (``--policy``, default ``thin``, the
+run default): 480 frames of 1.3B K/V (0.27 GiB each in bf16) do not fit an 80 GiB card, some
+evicted frames give up their K/V (they stay indexed but can no longer be retrieved; the "dropped"
+column). ``--budget-gb auto`` lets the memory rule pick storage and tier so that every frame
+keeps its K/V. With ``--quantize none float8`` each length runs in both and the float8 rows are
+followed by their error against bf16 on the same noise (relative L2 of the retrieval run's
+latents, PSNR of the first decoded frames). ``--profile`` adds the kernel profile of one
+retrieval block (``benchmarks/block_profile.py``).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import tempfile
 import time
@@ -27,17 +34,19 @@ import torch
 from safetensors.torch import save_file
 
 import lrag_framework
+from block_profile import print_profile, profile_block
 
 TINY = {"num_layers": 2, "dim": 64, "num_heads": 4, "ffn_dim": 128, "freq_dim": 32, "text_dim": 64,
         "text_len": 16, "latent_channels": 4, "latent_height": 8, "latent_width": 12}
 
 
 def build_config(preset: str, frames: int, retrieval: bool, tiny: bool, prompt: Path,
-                 out_dir: Path, budget_gb: float, storage: str = "auto", tier: str = "auto",
-                 attention: str = "cudnn", compile: bool = True) -> dict:
+                 out_dir: Path, budget_gb: float | str, storage: str = "auto", tier: str = "auto",
+                 attention: str = "cudnn", compile: bool = True, policy: str = "thin",
+                 quantize: str = "none", save_latents: bool = False) -> dict:
     """The run config of one benchmark row (the only place that knows the config's fields)."""
     backbone = {"random_init": True, "attention": attention, "compile": compile,
-                **(TINY if tiny else {})}
+                "quantize": quantize, **(TINY if tiny else {})}
     return {
         "name": f"wan_speed_{frames}_{'retrieval' if retrieval else 'native'}",
         "backbone": {"name": preset, "params": backbone},
@@ -47,9 +56,10 @@ def build_config(preset: str, frames: int, retrieval: bool, tiny: bool, prompt: 
         "generation": {"num_frames": frames, "window": 12, "sink": 1, "batch_size": 1,
                        "seed": 0},
         "conditionings": [str(prompt)],
-        "memory": {"budget_gb": budget_gb, "policy": "drop_oldest", "storage": storage,
-                   "tier": tier},
-        "output": {"root": str(out_dir), "video": False, "save_latents": False},
+        "memory": {"budget_gb": budget_gb, "policy": policy,
+                   **({"storage": storage} if storage != "auto" else {}),
+                   **({"tier": tier} if tier != "auto" else {})},
+        "output": {"root": str(out_dir), "video": False, "save_latents": save_latents},
         "device": "cpu" if tiny else "cuda",
     }
 
@@ -82,6 +92,8 @@ def measure(cfg: dict) -> dict:
     mode = "retrieval" if cfg["retrieval"]["enabled"] else "native"
     summary = result.summary["modes"][mode]
     return {"mode": mode, "frames": summary["frames"], "seconds": summary["seconds"],
+            "latents": result.latents[mode],
+            "resolved": (result.summary.get("memory_resolved") or {}).get("resolved"),
             "timings": summary["timings"], "setup": wall - summary["seconds"],
             "memory": summary["memory"],
             "blocks_retrieved": summary["blocks_retrieved"],
@@ -95,7 +107,13 @@ def main() -> None:
     parser.add_argument("--frames", type=int, nargs="+", help="latent frames (default: 120 480, "
                         "tiny: 24 48)")
     parser.add_argument("--preset", default="self_forcing")
-    parser.add_argument("--budget-gb", type=float, default=40.0, help="history K/V pool budget")
+    parser.add_argument("--budget-gb", type=lambda v: v if v == "auto" else float(v),
+                        default=40.0, help="history K/V pool budget (GiB, or auto)")
+    parser.add_argument("--policy", choices=["thin", "drop_oldest"], default="thin")
+    parser.add_argument("--quantize", choices=["none", "float8"], nargs="+", default=["none"],
+                        help="DiT linear layers; several: one set of rows each")
+    parser.add_argument("--profile", action="store_true",
+                        help="kernel profile of one retrieval block at the first length")
     parser.add_argument("--storage", choices=["auto", "float8"], default="auto")
     parser.add_argument("--tier", choices=["auto", "cpu"], default="auto",
                         help="cpu: history K/V in pinned host memory")
@@ -111,34 +129,78 @@ def main() -> None:
     print(f"# wan_speed: {args.preset}{' (tiny)' if args.tiny else ''}, random weights, "
           f"{device}, torch {torch.__version__}, {platform.python_version()}; attention "
           f"{args.attention}, compile {args.compile}, storage {args.storage}, tier {args.tier}, "
-          f"budget {args.budget_gb} GiB\n")
-    print("| latent frames | mode | seconds | video FPS | RAG/native | denoise s | recache s | "
-          "plan+gather s | retrieval s | peak GPU GiB | host +GiB (peak) | history MiB/frame "
-          "| dropped | pool setup s | setup s (build, warm-up, compile) |")
-    print("|" + "---|" * 15)
+          f"budget {args.budget_gb} GiB, policy {args.policy}\n")
+    print("| latent frames | linear | mode | seconds | video FPS | RAG/native | denoise s | "
+          "recache s | plan+gather s | retrieval s | peak GPU GiB | host +GiB (peak) | "
+          "history MiB/frame | storage, tier, budget GiB | dropped | pool setup s | "
+          "setup s (build, warm-up, compile) |")
+    print("|" + "---|" * 17)
     gib = 2 ** 30
+    errors, profiles = [], []
     with tempfile.TemporaryDirectory() as tmp:
         text_dim, text_len = (TINY["text_dim"], TINY["text_len"]) if args.tiny else (4096, 512)
         prompt = Path(tmp) / "prompt.safetensors"
         gen = torch.Generator().manual_seed(0)
         save_file({"prompt_embeds": torch.randn(text_len, text_dim, generator=gen) * 0.1},
                   str(prompt))
+
+        def config(t, retrieval, quantize):
+            return build_config(args.preset, t, retrieval, args.tiny, prompt, Path(tmp) / "runs",
+                                args.budget_gb, args.storage, args.tier, args.attention,
+                                args.compile, args.policy, quantize)
+
         for t in frames:
-            native = None
-            for retrieval in (False, True):
-                r = measure(build_config(args.preset, t, retrieval, args.tiny, prompt,
-                                         Path(tmp) / "runs", args.budget_gb, args.storage,
-                                         args.tier, args.attention, args.compile))
-                native = native or r["seconds"]
-                tm = r["timings"]
-                print(f"| {t} | {r['mode']} | {r['seconds']:.2f} | "
-                      f"{(4 * t - 3) / r['seconds']:.1f} | {r['seconds'] / native:.2f}x | "
-                      f"{tm['denoise']:.2f} | {tm['recache']:.2f} | {tm['plan_gather']:.2f} | "
-                      f"{tm['retrieval']:.2f} | {r['gpu_peak'] / gib:.2f} | "
-                      f"{r['host_growth'] / gib:+.2f} ({r['host_peak_growth'] / gib:+.2f}) | "
-                      f"{r['memory']['kv_frame_bytes'] / 2 ** 20:.3f} | "
-                      f"{r['memory']['kv_dropped_frames']} | {tm['memory_setup']:.1f} | "
-                      f"{r['setup'] - tm['memory_setup']:.1f} |", flush=True)
+            latents = {}
+            for quantize in args.quantize:
+                native = None
+                for retrieval in (False, True):
+                    r = measure(config(t, retrieval, quantize))
+                    native = native or r["seconds"]
+                    tm, mem, res = r["timings"], r["memory"], r["resolved"] or {}
+                    where = (f"{res.get('storage', args.storage)}, {res.get('tier', args.tier)}, "
+                             f"{mem['kv_pool_bytes'] / gib:.1f}")
+                    print(f"| {t} | {quantize} | {r['mode']} | {r['seconds']:.2f} | "
+                          f"{(4 * t - 3) / r['seconds']:.1f} | {r['seconds'] / native:.2f}x | "
+                          f"{tm['denoise']:.2f} | {tm['recache']:.2f} | {tm['plan_gather']:.2f} | "
+                          f"{tm['retrieval']:.2f} | {r['gpu_peak'] / gib:.2f} | "
+                          f"{r['host_growth'] / gib:+.2f} ({r['host_peak_growth'] / gib:+.2f}) | "
+                          f"{mem['kv_frame_bytes'] / 2 ** 20:.3f} | {where} | "
+                          f"{mem['kv_dropped_frames']} | {tm['memory_setup']:.1f} | "
+                          f"{r['setup'] - tm['memory_setup']:.1f} |", flush=True)
+                    latents[quantize] = r["latents"]
+                if args.profile and t == frames[0] and not args.tiny:
+                    profiles.append((f"{t} frames, {quantize}",
+                                     profile_block(config(t, True, quantize), PROFILED_BLOCK)))
+            if "float8" in latents and "none" in latents:
+                errors.append((t, *float8_error(latents["none"], latents["float8"], args.tiny)))
+    if errors:
+        print("\n| latent frames | float8 vs bf16: relative L2 of latents | per block (first, "
+              "last) | PSNR dB of the first 12 latent frames decoded (VAE) |")
+        print("|---|---|---|---|")
+        for t, rel, first, last, psnr in errors:
+            print(f"| {t} | {rel:.4f} | {first:.4f}, {last:.4f} | {psnr:.1f} |")
+    for label, p in profiles:
+        print_profile(p, label)
+
+
+PROFILED_BLOCK = 20  # steady state: window full, retrieval running
+
+
+def float8_error(ref: torch.Tensor, test: torch.Tensor, tiny: bool) -> tuple:
+    """Relative L2 of the whole retrieval run's latents [B, T, C, H, W], of its first and last
+    block, and the PSNR of the first 12 latent frames decoded by a random-weight Wan VAE."""
+    from lrag_adapters.wan.vae import VAEConfig, random_vae
+
+    def rel(a, b):
+        return float((b - a).norm() / a.norm())
+
+    device, dtype = ("cpu", torch.float32) if tiny else ("cuda", torch.bfloat16)
+    vae = random_vae(VAEConfig(dim=8 if tiny else 96)).to(device, dtype)
+    with torch.no_grad():
+        video = [vae.decode(x[:, :12].transpose(1, 2).to(device)).float() for x in (ref, test)]
+    mse = float((video[0] - video[1]).pow(2).mean())
+    psnr = 10 * math.log10(4.0 / max(mse, 1e-12))  # pixels in [-1, 1]: peak-to-peak 2
+    return rel(ref, test), rel(ref[:, :3], test[:, :3]), rel(ref[:, -3:], test[:, -3:]), psnr
 
 
 if __name__ == "__main__":

@@ -1,54 +1,99 @@
-"""Streaming decode speed of the Wan2.1 VAE (random full-size weights) at 480x832: seconds per
-latent frame when fed blocks of 3 latent frames, in a few execution settings.
+"""Streaming decode speed of the Wan2.1 VAE and of TAEHV's decoder (random full-size weights) at
+480x832: seconds per latent frame when fed blocks of 3 latent frames, in each execution setting,
+and each setting's output against the first one (relative L2, same latents).
 
     python benchmarks/wan_vae_speed.py            # CUDA
     python benchmarks/wan_vae_speed.py --tiny     # CPU smoke check (small frames)
+
+Settings on CUDA: ``contiguous`` (the VAE as it ran before: default memory format, cudnn's
+default algorithm choice), ``channels_last_3d``, ``channels_last_3d + cudnn.benchmark`` (the
+default path now, ``WanBackbone`` sets both on CUDA), that ``+ compile`` (``vae_compile: true``;
+its compile time is printed apart), and TAEHV's decoder (``decoder: taehv``, channels_last).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
 
+from lrag_adapters.wan import vae as vae_module
+from lrag_adapters.wan.taehv import random_taehv
 from lrag_adapters.wan.vae import VAEConfig, random_vae
 
 
-def timed_decode(vae, latents: torch.Tensor, blocks: int, sync) -> float:
-    """Seconds per latent frame, streaming ``blocks`` blocks of 3 latent frames (after one)."""
-    stream = vae.stream_decoder()
-    stream.decode(latents)  # the first block: one-frame special case and warm-up
+def timed(decode_block, latents: torch.Tensor, blocks: int, sync) -> tuple[float, float, list]:
+    """(seconds of the first block, seconds per latent frame after it, outputs of two blocks)."""
+    start = time.perf_counter()
+    first = decode_block(latents)
+    sync()
+    first_s = time.perf_counter() - start
+    second = decode_block(latents)
     sync()
     start = time.perf_counter()
     for _ in range(blocks):
-        stream.decode(latents)
+        decode_block(latents)
     sync()
-    return (time.perf_counter() - start) / (blocks * latents.shape[2])
+    return first_s, (time.perf_counter() - start) / (blocks * latents.shape[1]), [first, second]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--blocks", type=int, default=6)
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not args.tiny
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     h, w = (8, 12) if args.tiny else (60, 104)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    vae = random_vae(VAEConfig(dim=8 if args.tiny else 96)).to(device, dtype)
-    latents = torch.randn(1, 16, 3, h, w, device=device, dtype=dtype)
-    settings = [("eager", lambda: None)]
+    latents = torch.randn(1, 3, 16, h, w, device=device, dtype=dtype)  # [B, F, C, h, w]
+    real_fast_convs = vae_module.fast_convs
+
+    def vae_setting(channels_last: bool, benchmark: bool, compile: bool):
+        def build():
+            vae = random_vae(VAEConfig(dim=8 if args.tiny else 96)).to(device, dtype)
+            if channels_last:
+                vae.channels_last()
+            if compile:
+                vae.compile_decoder()
+            vae_module.fast_convs = real_fast_convs if benchmark else (
+                lambda device: contextlib.nullcontext())
+            stream = vae.stream_decoder()
+            return lambda z: stream.decode(z.transpose(1, 2)).transpose(1, 2)
+        return build
+
+    def taehv():
+        model = random_taehv().to(device, dtype)
+        if cuda:
+            model.to(memory_format=torch.channels_last)
+        return model.stream_decoder().decode
+
+    settings = [("contiguous", vae_setting(False, False, False))]
     if cuda:
-        settings += [("cudnn.benchmark", lambda: setattr(torch.backends.cudnn, "benchmark", True))]
+        settings += [("channels_last_3d", vae_setting(True, False, False)),
+                     ("channels_last_3d + cudnn.benchmark (default)",
+                      vae_setting(True, True, False))]
+        if args.compile:
+            settings += [("channels_last_3d + cudnn.benchmark + compile",
+                          vae_setting(True, True, True))]
+    settings += [("TAEHV decoder", taehv)]
     print(f"# wan_vae_speed: {torch.cuda.get_device_name() if cuda else 'cpu'}, {dtype}, "
-          f"latents {h}x{w}, blocks of 3\n")
-    print("| setting | s per latent frame | video frames/s |")
-    print("|---|---|---|")
+          f"latents {h}x{w}, blocks of 3, {args.blocks} timed blocks after two\n")
+    print("| setting | first block s (incl. compile) | s per latent frame | video frames/s | "
+          "rel. L2 vs contiguous |")
+    print("|---|---|---|---|---|")
+    ref = None
     with torch.no_grad():
-        for name, apply in settings:
-            apply()
-            per = timed_decode(vae, latents, args.blocks, sync)
-            print(f"| {name} | {per:.4f} | {4 / per:.1f} |", flush=True)
+        for name, build in settings:
+            first, per, outs = timed(build(), latents, args.blocks, sync)
+            out = torch.cat(outs, dim=1).float()
+            if ref is None:
+                ref = out
+            rel = float((out - ref).norm() / ref.norm()) if "TAEHV" not in name else float("nan")
+            print(f"| {name} | {first:.2f} | {per:.4f} | {4 / per:.1f} | {rel:.2e} |", flush=True)
+    vae_module.fast_convs = real_fast_convs
 
 
 if __name__ == "__main__":

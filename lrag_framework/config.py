@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -92,7 +92,10 @@ class PrefixConfig(Strict):
 
 
 class MemoryConfig(Strict):
-    budget_gb: float = Field(16.0, gt=0, description="history K/V byte budget (all streams)")
+    budget_gb: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        16.0, description="history K/V byte budget (all streams), or auto: storage and tier "
+        "chosen so that every frame keeps its K/V (generation/budget.py; explicit storage/tier "
+        "win), refused up front if no choice fits")
     policy: Literal["thin", "drop_oldest", "error"] = Field(
         "thin", description="when history K/V exceeds the budget, which evicted frames give up "
         "their K/V (they stay indexed but become ineligible): thin (keep an even spread over the "

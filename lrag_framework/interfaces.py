@@ -193,6 +193,13 @@ class Backbone(ABC):
         state from call to call (default: ``decode`` block by block)."""
         return self.decode
 
+    def memory_estimate(self, streams: int, num_frames: int) -> int:
+        """Bytes of compute-device memory the backbone needs for a run of ``streams`` x
+        ``num_frames`` latent frames: weights, a block's activations and context buffers, its
+        decoder. The history K/V pool and the output latents are counted by the engine
+        (``generation.budget.estimate``), not here. Default 0: unknown."""
+        return 0
+
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Backbone":
         """Move weights; backbones holding nn.Modules override this."""
         return self

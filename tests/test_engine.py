@@ -303,3 +303,52 @@ def test_pinned_host_tier_with_prefetch_matches_the_device_pool_on_cuda(storage)
     assert any(any(ids) for e in runs[0].log for ids in e["ids"])
     assert runs[0].log == runs[1].log
     assert torch.equal(runs[0].latents, runs[1].latents)
+
+
+def per_step_noise(seed, streams, blocks, steps, shape):
+    """The engine's drawing order before noise was drawn a block ahead: per block the initial
+    noise of every stream, then per step one sampler noise of every stream."""
+    generators = [stream_generator(seed, s) for s in range(streams)]
+    out = []
+    for _ in range(blocks):
+        rows = [torch.stack([torch.randn(shape, generator=g) for g in generators])]
+        for _ in range(steps):
+            rows.append(torch.stack([torch.randn(shape, generator=g) for g in generators]))
+        out.append(torch.stack(rows))
+    return torch.stack(out)  # [blocks, 1 + steps, B, *shape]
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 6, 8), (1, 3, 5, 7)])  # numel a multiple of 16 or not
+def test_block_noise_is_the_same_in_any_schedule_of_drawing(shape):
+    from lrag_framework.generation.engine import block_noise
+
+    expected = per_step_noise(7, 3, 2, 4, shape)
+    together = [block_noise([stream_generator(7, s) for s in range(3)], shape, 4)]
+    together.append(block_noise([stream_generator(7, s) for s in range(3)], shape, 4))  # fresh
+    generators = [stream_generator(7, s) for s in range(3)]
+    blocks = torch.stack([block_noise(generators, shape, 4) for _ in range(2)])
+    alone = torch.stack([torch.cat([block_noise([g], shape, 4) for g in
+                                    [stream_generator(7, s) for s in range(3)]], dim=1)])
+    assert torch.equal(blocks, expected)  # whole blocks ahead == step by step, bitwise
+    assert torch.equal(together[0], expected[0]) and torch.equal(together[1], expected[0])
+    assert torch.equal(alone[0], expected[0])  # one stream at a time == all streams together
+    assert not torch.equal(expected[0], expected[1])  # blocks differ
+
+
+def test_engine_feeds_the_backbone_the_noise_of_each_block_and_step(backbone):
+    seen = []
+
+    class Spy(TinyBackbone):
+        def sampler_step(self, x, prediction, t, t_next, noise):
+            seen.append(noise.clone())
+            return super().sampler_step(x, prediction, t, t_next, noise)
+
+    spy = Spy(SMALL)
+    spy.model.load_state_dict(backbone.model.state_dict())
+    cond = spy.encode_conditioning([None, None], 9)
+    out = make_engine(spy).generate(cond, gens(), 9)
+    steps = len(spy.timesteps())
+    expected = per_step_noise(0, 2, 3, steps, (3, *spy.spec.latent_shape))
+    assert torch.equal(torch.stack(seen).view(3, steps, *expected.shape[2:]), expected[:, 1:])
+    ref = sliding_window_reference(backbone, 9, window=9, sink=1, block=3, generators=gens())
+    torch.testing.assert_close(out.latents, ref, rtol=1e-5, atol=1e-5)

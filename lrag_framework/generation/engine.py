@@ -1,7 +1,8 @@
 """The block loop: plan context -> denoising steps -> embed, index, retrieve next -> recache.
 
-The engine owns every random draw (one generator per stream, drawn in a fixed order whether or not
-retrieval runs, so native and retrieval runs see identical noise), the history memory and the
+The engine owns every random draw (one CPU generator per stream, drawn in a fixed order whether or
+not retrieval runs, so native and retrieval runs see identical noise; a block's noise is drawn at
+once and copied to the device without a sync, see ``block_noise``), the history memory and the
 context plan; a backbone only prepares the planned context, denoises and returns K/V.
 """
 from __future__ import annotations
@@ -24,6 +25,20 @@ def stream_generator(seed: int, stream: int) -> torch.Generator:
     """The noise generator of one stream, seeded from (seed, stream) without collisions."""
     state = np.random.SeedSequence([seed, stream]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def block_noise(generators: list[torch.Generator], shape: tuple, steps: int,
+                pin: bool = False) -> Tensor:
+    """The noise of one block, drawn ahead: [1 + steps, B, *shape] float32 on the CPU (pinned
+    with ``pin``, for one copy without a sync). Row 0 is the block's initial noise, row 1 + i the
+    sampler noise of step i. Each stream's CPU generator is drawn in the order init, step 0, ...,
+    step ``steps - 1``, one ``randn(shape)`` each, so the noise of (seed, stream, block, step) is
+    bitwise the same whatever the compute device and however the draws are grouped."""
+    out = torch.empty((1 + steps, len(generators), *shape), pin_memory=pin)
+    for s, gen in enumerate(generators):
+        for i in range(1 + steps):
+            torch.randn(shape, generator=gen, out=out[i, s])
+    return out
 
 
 @dataclass
@@ -166,15 +181,14 @@ class Engine:
 
     def _denoise(self, cond, prepared, generators, ts, size, init):
         shape = (size, *self.backbone.spec.latent_shape)
-        drawn = torch.stack([torch.randn(shape, generator=gen) for gen in generators])
-        x = (drawn if init is None else init).to(self.device)
+        cuda = self.device.type == "cuda"  # one pinned copy per block, no sync on the host
+        noise = block_noise(generators, shape, len(ts), cuda).to(self.device, non_blocking=cuda)
+        x = noise[0] if init is None else init.to(self.device)
         b = x.shape[0]
         for i, t in enumerate(ts):  # one sampler noise per step, drawn whether used or not
             pred = self.backbone.denoise(x, t.expand(b), cond, prepared)
             t_next = ts[i + 1] if i + 1 < len(ts) else torch.zeros_like(t)
-            noise = torch.stack([torch.randn(shape, generator=gen) for gen in generators])
-            noise = noise.to(self.device)
-            x = self.backbone.sampler_step(x, pred, t, t_next, noise)
+            x = self.backbone.sampler_step(x, pred, t, t_next, noise[1 + i])
         return x
 
     def _index(self, clean: Tensor, start: int) -> Tensor:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..config import ConfigError, RunConfig
 from ..devices import resolve_device, resolve_dtype
+from .budget import resolve_memory
 from .engine import Engine, EngineOptions, Generation, stream_generator
 from .plan import Geometry
 from .prefix import check_prefix, load_prefix
@@ -64,6 +65,7 @@ class Pipeline:
         self.prefix: Tensor | None = None
         self.initial_noise: Tensor | None = None
         self.references: list = []
+        self.memory_resolved: dict | None = None
 
     # ------------------------------------------------------------------------ setup
 
@@ -82,7 +84,10 @@ class Pipeline:
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         self.backbone = registry.build("backbone", cfg.backbone.name,
                                        cfg.backbone.params).to(self.device, self.dtype)
-        self.geometry = self._geometry()
+        self.geometry = g = self._geometry()
+        self.cfg, self.memory_resolved = resolve_memory(  # budget_gb auto: resolved up front
+            cfg, self.backbone, min(cfg.generation.batch_size, len(self.streams)),
+            g.window + g.block, g.sink, self.device)
         if "retrieval" in self.modes and self.geometry.k > 0:
             self.embedder = registry.build("embedder", cfg.embedder.name,
                                            cfg.embedder.params).to(self.device)

@@ -52,6 +52,8 @@ _MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
 
 
 def _imageio_sink(path: Path, fps: Fraction, size: tuple[int, int], gop: int, crf: int):
+    """imageio-ffmpeg >= 0.7 takes the rate as a Fraction and passes it to ffmpeg exactly
+    (30000/1001 stays 30000/1001); 0.5 and 0.6 refuse it (the lower bound in pyproject)."""
     import imageio_ffmpeg
 
     h, w = size

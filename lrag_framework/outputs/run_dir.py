@@ -76,7 +76,7 @@ class RunWriter:
     """Writes one set-up pipeline's modes into a new run directory."""
 
     def __init__(self, pipe: Pipeline):
-        self.pipe, self.cfg = pipe, pipe.cfg
+        self.pipe, self.cfg = pipe, pipe.cfg  # the config as set up (memory auto resolved)
         self.keep_pixels = any(r is not None for r in pipe.references)
 
     def write(self, progress: Progress | None = None) -> RunResult:
@@ -99,7 +99,10 @@ class RunWriter:
         for mode, m in (metrics or {}).items():
             summaries[mode].update({k: v for k, v in m.items() if k != "psnr"})
         summary = {"name": cfg.name, "device": str(pipe.device), "modes": summaries,
+                   "first_generated": pipe.first_generated,
                    "setup_seconds": {"warm_up": round(pipe.warm_up_seconds, 3)}}
+        if pipe.memory_resolved:
+            summary["memory_resolved"] = pipe.memory_resolved
         if len(pipe.modes) == 2:
             summary["retrieval_over_native_time"] = round(
                 summaries["retrieval"]["seconds"] / max(summaries["native"]["seconds"], 1e-9), 3)

@@ -48,6 +48,8 @@ class WanBackbone(Backbone):
         self.rope = WanRope(self.cfg.head_dim, self.cfg.grid)
         self.model = load_dit(params, self.cfg).eval().requires_grad_(False)
         self._vae = None
+        self._light = None  # TAEHV's decoder (decoder: taehv)
+        self._quantized = False
         self._text = None  # the TextEncoder, built at the first text prompt
         self._roped_context = roped_context
         self.device = torch.device("cpu")
@@ -83,7 +85,27 @@ class WanBackbone(Backbone):
                 vae = load_vae(self._base_file(p.vae_ckpt, "Wan2.1_VAE.pth", "vae_ckpt"),
                                None if p.vae_dim is None else VAEConfig(dim=p.vae_dim))
             self._vae = vae.to(self.device, self.dtype)
+            if self.device.type == "cuda":  # the fast path, see docs/vae.md
+                self._vae.channels_last()
+                if p.vae_compile:
+                    self._vae.compile_decoder()
         return self._vae
+
+    @property
+    def light_decoder(self):
+        """TAEHV's decoder on the compute device (``decoder: taehv``), loaded at first use."""
+        if self._light is None:
+            from .taehv import TAEHV_FILE, load_taehv, random_taehv
+
+            p = self.params
+            if p.random_init and not p.decoder_weights:  # a given file wins over random_init
+                model = random_taehv(p.init_seed, self.cfg.in_dim)
+            else:
+                model = load_taehv(p.decoder_weights or TAEHV_FILE)
+            self._light = model.to(self.device, self.dtype)
+            if self.device.type == "cuda":
+                self._light.to(memory_format=torch.channels_last)
+        return self._light
 
     def encode(self, pixels: Tensor) -> Tensor:
         """Pixels [B, 1 + 4k, 3, 8H, 8W] in [-1, 1] -> latents [B, 1 + k, 16, H, W]."""
@@ -96,7 +118,15 @@ class WanBackbone(Backbone):
 
     def stream_decoder(self):
         """Latent blocks [B, F, 16, H, W] -> frames [B, 1 + 4(F-1) first, then 4F, 3, 8H, 8W],
-        the VAE's causal cache carried from block to block."""
+        the decoder's causal state carried from block to block (the VAE, or TAEHV's)."""
+        if self.params.decoder == "taehv":
+            light = self.light_decoder.stream_decoder()
+
+            def decode_light(latents: Tensor) -> Tensor:
+                with torch.no_grad():
+                    return light.decode(latents)
+
+            return decode_light
         stream = self.vae.stream_decoder()
 
         def decode(latents: Tensor) -> Tensor:
@@ -130,19 +160,49 @@ class WanBackbone(Backbone):
     def to(self, device, dtype=None):
         """Move (and for ``random_init``, materialise) the weights; params.dtype wins over
         ``dtype`` unless it is ``auto``."""
-        self.device = torch.device(device)
+        device = torch.device(device)
+        if self._quantized and device != self.device:
+            raise ValueError(f"wan: float8 weights stay on {self.device}; build the backbone "
+                             f"again to run on {device}")
+        self.device = device
         self.dtype = DTYPES.get(self.params.dtype) or dtype or self.dtype
         if self.model.head.head.weight.is_meta:
             self.model.to_empty(device=self.device)
             self.model.init_weights(self.params.init_seed)
-        self.model.set_dtype(self.dtype).to(self.device)
+        if not self._quantized:
+            self.model.set_dtype(self.dtype).to(self.device)
         if self._vae is not None:
             self._vae.to(self.device, self.dtype)
+        if self._light is not None:
+            self._light.to(self.device, self.dtype)
+        if self.params.quantize == "float8" and not self._quantized:
+            from .quantize import float8_linears
+
+            float8_linears(self.model, self.device, self.dtype)
+            self._quantized = True
         if self.params.compile and self.device.type == "cuda":
             self.model.compile_layers()
             self._roped_context = torch.compile(roped_context, dynamic=True)
         self.spec = BackboneSpec(**{**self.spec.__dict__, "kv_dtype": self.dtype})
         return self
+
+    def memory_estimate(self, streams: int, num_frames: int) -> int:
+        """Weights (DiT, and VAE or TAEHV for video out), the context buffers of one block
+        (roped K/V of up to twice the window), its per-layer activations (FFN width, float32
+        residual, a few temporaries) and a decoder's working set; the text encoder is freed
+        before generation. An estimate for refusing runs that cannot fit, not a measurement."""
+        c, p = self.cfg, self.params
+        weight = 1 if p.quantize == "float8" else self.dtype.itemsize
+        linear = sum(m.weight.numel() for m in self.model.blocks.modules()
+                     if isinstance(m, torch.nn.Linear))
+        dit = linear * weight + (sum(t.numel() for t in self.model.parameters()) - linear) * 4
+        n, block = c.tokens_per_frame, p.frames_per_block
+        context = (c.num_layers * 2 * streams * (2 * p.window + block) * n * c.dim
+                   * self.dtype.itemsize)
+        activations = 6 * streams * block * n * max(c.ffn_dim, 3 * c.dim) * 4
+        pixels = streams * 4 * block * 3 * 64 * n * 4  # one decoded block, 8x8 pixels a latent
+        decoder = (2 * 2 ** 20 if p.decoder == "taehv" else 260 * 2 ** 20) + 24 * pixels
+        return int(dit + context + activations + decoder)
 
     def _ready(self) -> None:
         if self.model.head.head.weight.is_meta:  # random init, never moved: CPU
@@ -208,7 +268,7 @@ class WanBackbone(Backbone):
     def sampler_step(self, x, prediction, t, t_next, noise):
         """x0 = x_t - sigma_t v; x_next = (1 - sigma_next) x0 + sigma_next noise (float64)."""
         def sigma(s):
-            s = self.schedule.sigma(torch.as_tensor(s)).to(x.device)
+            s = self.schedule.sigma(torch.as_tensor(s)).to(x.device, non_blocking=True)
             return s.view(-1, *[1] * (x.ndim - 1)) if s.ndim else s
 
         x0 = x.double() - sigma(t) * prediction.double()
@@ -231,13 +291,14 @@ class WanBackbone(Backbone):
         v = torch.empty_like(k)
         mask = None
         if f:
-            valid = valid.to(dev)
+            all_valid = bool(valid.all())  # decided on the host: no sync
+            valid = valid.to(dev, non_blocking=True)
             keep = valid[:, :, None, None, None]  # [B, F, 1, 1, 1]: zero padded slots
             cos, sin = self.rope.tables(positions, dev)
             for i in range(layers):  # one layer at a time bounds the float32 temporaries
                 k[i, :, :m], v[i, :, :m] = self._roped_context(kv[i, 0].to(dev), kv[i, 1].to(dev),
                                                                keep, cos, sin, dt)
-            if not bool(valid.all()):
+            if not all_valid:
                 keys = torch.cat((valid.repeat_interleave(n, dim=1),
                                   torch.ones(b, fb * n, dtype=torch.bool, device=dev)), dim=1)
                 mask = keys[:, None, None]
@@ -258,7 +319,8 @@ class WanBackbone(Backbone):
         if (*prepared.frames.shape, *self.spec.latent_shape) != tuple(x.shape):
             expected = [*prepared.frames.shape, *self.spec.latent_shape]
             raise ValueError(f"wan: expected a block {expected} as prepared, got {list(x.shape)}")
-        t_frames = t.to(self.device, torch.float32).reshape(-1, 1).expand(b, f)
+        t_frames = t.to(self.device, torch.float32, non_blocking=True)  # no host sync
+        t_frames = t_frames.reshape(-1, 1).expand(b, f)
         return self.model(x.to(self.device), t_frames, prepared.rope, prepared.k, prepared.v,
                           prepared.mask, cond.cross(prepared.frames), return_kv)
 

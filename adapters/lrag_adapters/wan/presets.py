@@ -54,6 +54,17 @@ class WanParams(BaseModel):
     vae_ckpt: str | None = Field(None, description="default: <base_dir>/Wan2.1_VAE.pth")
     vae_dim: int | None = Field(None, ge=2, description="VAE base width; default: read from the "
                                 "checkpoint (96 with random_init)")
+    decoder: Literal["vae", "taehv"] = Field(
+        "vae", description="video out: the Wan2.1 VAE (quality; start frames always use it) or "
+        "TAEHV's tiny decoder (real time, previews; taew2_1 weights)")
+    decoder_weights: str | None = Field(None, description="TAEHV file (taew2_1.pth or "
+                                        ".safetensors); default: wan_models/taew2_1.pth")
+    vae_compile: bool = Field(False, description="torch.compile the VAE decoder on CUDA "
+                              "(compiled at the first block; see docs/vae.md)")
+    quantize: Literal["none", "float8"] = Field(
+        "none", description="float8: the DiT's linear layers in float8 (torchao, dynamic "
+        "per-row scales; CUDA with compute capability >= 8.9, bf16; pip install "
+        "'lrag-framework[fp8]')")
 
     # sizes
     num_layers: int = Field(30, ge=1)

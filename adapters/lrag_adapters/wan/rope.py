@@ -43,14 +43,20 @@ class WanRope:
         rows = torch.arange(h, dtype=torch.float64).repeat_interleave(w)  # [N]
         cols = torch.arange(w, dtype=torch.float64).repeat(h)  # [N]
         self.spatial = torch.cat((rows[:, None] * f_h, cols[:, None] * f_w), dim=1)  # [N, Ps]
+        self._on: dict[torch.device, tuple[Tensor, Tensor]] = {}  # the tables, per device
 
     def tables(self, positions: Tensor, device: torch.device | str) -> tuple[Tensor, Tensor]:
-        """Temporal positions [B, F] -> cos, sin [B, F, N, 1, Dh/2] (float32 on ``device``)."""
+        """Temporal positions [B, F] -> cos, sin [B, F, N, 1, Dh/2] (float32 on ``device``).
+        The frequency tables are copied to a device once; positions without a host sync."""
+        device = torch.device(device)
+        if device not in self._on:
+            self._on[device] = (self.temporal.to(device), self.spatial.to(device))
+        temporal_f, spatial = self._on[device]
         b, f = positions.shape
         n = self.spatial.shape[0]
-        temporal = positions.to(device, torch.float64)[..., None] * self.temporal.to(device)
+        temporal = positions.to(device, torch.float64, non_blocking=True)[..., None] * temporal_f
         angles = torch.cat((temporal[:, :, None].expand(b, f, n, -1),
-                            self.spatial.to(device).expand(b, f, n, -1)), dim=-1)
+                            spatial.expand(b, f, n, -1)), dim=-1)
         angles = angles[..., None, :]  # [B, F, N, 1, Dh/2]: broadcast over heads
         return angles.cos().float(), angles.sin().float()
 

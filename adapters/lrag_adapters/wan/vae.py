@@ -17,6 +17,7 @@ activations, the cache and the output.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
@@ -172,6 +173,39 @@ class WanVAE(nn.Module):
         """A decoder fed the latents of one video block by block, in order."""
         return StreamDecoder(self)
 
+    def decode_frame(self, z: Tensor, cache: CausalCache) -> Tensor:
+        """One un-normalised latent frame [B, z, 1, h, w] -> 1 (first) or 4 frames [B, 3, ...]."""
+        return self.decoder(self.conv2(z), cache)
+
+    def channels_last(self) -> WanVAE:
+        """The 3-D conv weights in ``channels_last_3d`` (faster cuDNN kernels on CUDA; the 2-D
+        convs of the attention and spatial resamplers stay as they are). ``StreamDecoder`` then
+        feeds frames in the same format."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
+        return self
+
+    def compile_decoder(self) -> None:
+        """torch.compile ``decode_frame`` (one graph for a stream's first frame, one for the
+        others); compiled at the first decode."""
+        self.decode_frame = torch.compile(self.decode_frame, dynamic=False)
+
+
+@contextmanager
+def fast_convs(device: torch.device):
+    """On CUDA, let cuDNN pick its fastest conv algorithms for the decoder's fixed shapes
+    (``cudnn.benchmark``) for the duration of a decode; the flag is restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
 
 class StreamDecoder:
     """Decodes consecutive latent blocks of one video, carrying the causal cache between calls.
@@ -196,11 +230,15 @@ class StreamDecoder:
         b, _, f, h, w = z.shape
         frames = f * s - (s - 1 if self.cache.first else 0)
         out = z.new_empty(b, 3, frames, h * p, w * p)
+        fmt = torch.channels_last_3d if vae.conv2.weight.is_contiguous(
+            memory_format=torch.channels_last_3d) else torch.contiguous_format
         t = 0
-        for i in range(f):  # one latent frame at a time, as upstream
-            x = vae.decoder(vae.conv2(z[:, :, i:i + 1] * std + mean), self.cache)  # [B, 3, 1|s, ..]
-            out[:, :, t:t + x.shape[2]] = x.clamp(-1, 1)
-            t += x.shape[2]
+        with fast_convs(z.device):
+            for i in range(f):  # one latent frame at a time, as upstream
+                frame = (z[:, :, i:i + 1] * std + mean).contiguous(memory_format=fmt)
+                x = vae.decode_frame(frame, self.cache)  # [B, 3, 1 | s, H, W]
+                out[:, :, t:t + x.shape[2]] = x.clamp(-1, 1)
+                t += x.shape[2]
         return out
 
 
