@@ -13,7 +13,6 @@ import math
 import os
 import re
 import tempfile
-import unicodedata
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,13 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lrag_framework.interfaces import ComponentError
+
 from .loading import CheckpointError
 from .presets import WAN_BASE_DOWNLOAD
 
 CHECKPOINT = "models_t5_umt5-xxl-enc-bf16.pth"  # in the Wan2.1 base folder
 TOKENIZER_DIR = "google/umt5-xxl"
 CACHE_ENV = "LRAG_CACHE_DIR"  # root of lrag's caches; prompts go to <root>/prompts
-CLEANING = "whitespace-1"  # part of the cache key: change it whenever clean_prompt changes
+CLEANING = "ftfy-whitespace-2"  # part of the cache key: change it whenever clean_prompt changes
 
 
 @dataclass(frozen=True)
@@ -68,46 +69,20 @@ def _missing(path: Path, what: str) -> CheckpointError:
 
 
 # -- text cleaning --------------------------------------------------------------------------------
-def _fix_table() -> dict[int, str]:
-    """ftfy's text-independent character fixes as one ``str.translate`` table."""
-    quotes = {0x2BC: "'", **{c: "'" for c in range(0x2018, 0x201C)},
-              **{c: '"' for c in range(0x201C, 0x2020)}}
-    table: dict[int, str] = {}
-    # Latin ligatures and digraphs: one level of their compatibility decomposition ("ﬁ" -> "fi")
-    for code in (0x132, 0x133, 0x149, *range(0x1C4, 0x1CD), *range(0x1F1, 0x1F4),
-                 *range(0xFB00, 0xFB07)):
-        parts = unicodedata.decomposition(chr(code)).split()[1:]
-        table[code] = "".join(chr(int(h, 16)) for h in parts)
-    # halfwidth / fullwidth forms and the ideographic space to normal width ("，" -> ",")
-    table[0x3000] = " "
-    for code in range(0xFF01, 0xFFF0):
-        normal = unicodedata.normalize("NFKC", chr(code))
-        if normal != chr(code):
-            table[code] = normal
-    # C1 controls read as Windows-1252, as they almost always are ("\x93" -> a curly quote);
-    # the five bytes cp1252 leaves undefined stay
-    for code in range(0x80, 0xA0):
-        if (char := bytes([code]).decode("cp1252", "replace")) != "\ufffd":
-            table[code] = char
-    return {code: text.translate(quotes) for code, text in table.items()} | quotes
-
-
-_FIXES = _fix_table()
-# invisible controls (whitespace controls \t \n \f \r kept), deprecated format characters, BOM
-_CONTROLS = dict.fromkeys([*range(0x09), 0x0B, *range(0x0E, 0x20), 0x7F,
-                           *range(0x206A, 0x2070), 0xFEFF, *range(0xFFF9, 0xFFFD)])
-_ANSI = re.compile(r"\x1b\[[\d;]*[a-zA-Z]")
-_SPACES = re.compile(r"\s+")
+# Unicode White_Space, as the ``regex`` module's ``\s`` that Wan uses (Python's ``\s`` also
+# matches the separators \x1c-\x1f)
+_SPACES = re.compile("[\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
 
 
 def clean_prompt(text: str) -> str:
-    """Wan's ``clean='whitespace'`` without ftfy: HTML entities decoded (twice, as Wan does), then
-    ftfy's character fixes (ligatures, widths, curly quotes, C1 controls, terminal escapes, control
-    characters, NFC), then runs of whitespace collapsed to one space and the ends stripped. Not
-    done: ftfy's mojibake repair (text decoded with the wrong codec)."""
-    text = html.unescape(html.unescape(text))
-    text = _ANSI.sub("", text.translate(_FIXES)).translate(_CONTROLS)
-    text = unicodedata.normalize("NFC", text)
+    """Wan's ``clean='whitespace'``: ``ftfy.fix_text``, HTML entities decoded twice, then runs of
+    whitespace collapsed to one space and the ends stripped (the order of Wan's tokenizer)."""
+    try:
+        import ftfy
+    except ImportError:
+        raise ComponentError("wan: prompts as text need ftfy (pip install 'lrag-framework[wan]')"
+                             ) from None
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return _SPACES.sub(" ", text).strip()
 
 
