@@ -92,6 +92,12 @@ def write_yaml(path: str | Path, data: dict) -> None:
     write_text(path, yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
+def write_figure(fig, path: str | Path, dpi: int = 120) -> None:
+    """A ``matplotlib.figure.Figure`` as PNG (made without pyplot: no backend switch)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+
+
 # ---------------------------------------------------------------------------- tensors
 
 def tensor_bytes(tensors: dict[str, Tensor], metadata: dict[str, Any] | None = None) -> bytes:

@@ -24,6 +24,8 @@ def _mean_rows(rows: list[list[float]]) -> np.ndarray:
 def plot_metrics(result: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
+    from ..files import write_figure
+
     panels = _panels(result)
     if not panels:
         return
@@ -70,7 +72,7 @@ def plot_metrics(result: dict, path: Path) -> None:
             ax.legend(fontsize=7)
     fig.suptitle(result["run"], fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
 
 
 def _fmt(v) -> str:

@@ -66,36 +66,29 @@ def compare_embedders(embedders: dict[str, object], videos: list[Tensor],
 
 def plot_retrieval(result: dict, path: str | Path) -> None:
     """Bar plot of ``compare_embedders``'s result (written atomically)."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..files import atomic_path
+    from ..files import write_figure
 
     names, values = zip(*result["own_video_top1"].items())
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(names), 3.2))
+    fig = Figure(figsize=(1.6 + 1.4 * len(names), 3.2), layout="tight")
+    ax = fig.subplots()
     bars = ax.bar(names, values, color="tab:blue")
     ax.bar_label(bars, fmt="%.3f")
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("own-video top-1")
     ax.set_title(f"{result['videos']} videos, exclusion radius {result['exclusion']}")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    write_figure(fig, path)
 
 
 def plot_losses(rows: list[dict], path: str | Path) -> None:
     """Train and validation losses against the step from metrics rows (written atomically)."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..files import write_figure
 
-    from ..files import atomic_path
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4), layout="tight")
+    ax = fig.subplots()
     for split, style in (("train", "-"), ("val", "o--")):
         split_rows = [r for r in rows if r["split"] == split]
         names = [k for k in (split_rows[0]["losses"] if split_rows else {})]
@@ -107,7 +100,4 @@ def plot_losses(rows: list[dict], path: str | Path) -> None:
     ax.set_ylabel("loss (unweighted terms, weighted total)")
     ax.set_yscale("symlog", linthresh=1e-4)  # terms can be exactly 0
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    write_figure(fig, path)
