@@ -51,8 +51,16 @@ def format_summary(summary: dict) -> str:
                      num(s.get("precision_at_k"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    if "retrieval_over_native_time" in summary:
-        lines.append(f"retrieval / native time: {summary['retrieval_over_native_time']:.3f}")
+    if len(summary["modes"]) == 2:
+        lines.append("seconds: one run of each mode on this machine (noisy on a busy one); "
+                     "speed ratios: benchmarks/ (docs/benchmarks.md)")
+    for mode, s in summary["modes"].items():
+        dropped = s.get("memory", {}).get("kv_dropped_frames", 0)
+        if dropped:
+            lines.append(f"{mode}: the K/V memory holds {s['memory']['kv_capacity_frames']} "
+                         f"frames per stream and dropped the K/V of {dropped} frames (still "
+                         f"indexed, no longer retrievable): raise memory.budget_gb or set "
+                         f"memory.storage=float8 to keep them")
     return "\n".join(lines)
 
 

@@ -198,3 +198,20 @@ def test_side_by_side_files(tmp_path):
     assert np.abs(out[:, :24, 52:].astype(float) - b).mean() < 5.0
     with pytest.raises(ValueError, match="at least 2"):
         side_by_side_files([tmp_path / "a.mp4"], tmp_path / "x.mp4")
+
+
+def test_side_by_side_files_labels_each_half(tmp_path):
+    a, b = smooth_frames(4, h=32, w=64), smooth_frames(4, h=32, w=64, start=3)
+    write(tmp_path / "a.mp4", a)
+    write(tmp_path / "b.mp4", b)
+    side_by_side_files([tmp_path / "a.mp4", tmp_path / "b.mp4"], tmp_path / "ab.mp4",
+                       labels=["native", "retrieval"])
+    out = decode(tmp_path / "ab.mp4")
+    assert out.shape == (4, 18 + 32, 64 + 4 + 64, 3)  # a caption strip above the videos
+    strip = out[0, :18].astype(float).mean(-1)
+    for half in (strip[:, :64], strip[:, 68:]):
+        assert half.min() < 100 and np.median(half) > 200  # dark text on white, in each half
+    assert np.abs(out[:, 18:, :64].astype(float) - a).mean() < 5.0
+    with pytest.raises(ValueError, match="labels"):
+        side_by_side_files([tmp_path / "a.mp4", tmp_path / "b.mp4"], tmp_path / "x.mp4",
+                           labels=["one"])

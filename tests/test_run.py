@@ -43,7 +43,10 @@ def test_run_writes_video_log_and_summary(tmp_path):
     assert (d / "native" / "retrieval.jsonl").read_text() == ""
     summary = json.loads((d / "summary.json").read_text())
     assert summary["modes"]["retrieval"]["frames"] == 24
-    assert "retrieval / native time" in format_summary(summary)
+    text = format_summary(summary)
+    assert "one run of each mode" in text and "dropped" not in text
+    summary["modes"]["retrieval"]["memory"].update(kv_dropped_frames=7, kv_capacity_frames=12)
+    assert "dropped the K/V of 7 frames" in format_summary(summary)
     resolved = yaml.safe_load((d / "config.yaml").read_text())
     assert resolved["generation"]["window"] == 6 and resolved["retriever"]["name"] == "exact"
 

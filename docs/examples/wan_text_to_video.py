@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -154,13 +155,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--frames must be at least 10 (three prompt segments), got {args.frames}")
     if out.exists() and any(out.iterdir()):
         parser.error(f"{out} is not empty: choose another --out")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     write_start_image(out / "start.png")
-    with tempfile.TemporaryDirectory() as tmp:
-        files = Path(tmp)
-        write_base_folder(files / "wan_models" / "Wan2.1-T2V-1.3B")
-        write_longlive_checkpoints(files / "checkpoints")
-        result = lrag_framework.run(config(files, out, args.frames))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            files = Path(tmp)
+            write_base_folder(files / "wan_models" / "Wan2.1-T2V-1.3B")
+            write_longlive_checkpoints(files / "checkpoints")
+            result = lrag_framework.run(config(files, out, args.frames))
+    except BaseException:  # nothing left behind: a retry with the same --out works
+        shutil.rmtree(out / "prompt_cache", ignore_errors=True)
+        (out / "start.png").unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
     mp4 = result.run_dir / "retrieval" / "stream_000.mp4"
     print("prompt schedule (requested starts; each takes effect at the next block start):")

@@ -221,19 +221,46 @@ def read_video(path: str | Path, size: tuple[int, int], max_frames: int | None =
     return torch.stack(out)  # [T, 3, h, w]
 
 
+def caption_strip(labels: list[str], widths: list[int], gap: int = 4, height: int = 18
+                  ) -> np.ndarray:
+    """uint8 [height, W, 3]: each label centred over its panel, black on white (Pillow's
+    built-in font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    total = sum(widths) + gap * (len(widths) - 1)
+    strip = Image.new("RGB", (total, height), "white")
+    draw, font = ImageDraw.Draw(strip), ImageFont.load_default()
+    x = 0
+    for label, w in zip(labels, widths):
+        box = draw.textbbox((0, 0), label, font=font)
+        draw.text((x + (w - (box[2] - box[0])) // 2, (height - (box[3] - box[1])) // 2 - box[1]),
+                  label, fill="black", font=font)
+        x += w + gap
+    return np.asarray(strip)
+
+
 def side_by_side_files(paths: list, out_path: str | Path, fps: float | None = None,
-                       gap: int = 4) -> int:
+                       gap: int = 4, labels: list[str] | None = None) -> int:
     """Stream two or more videos, frame by frame, into one side-by-side mp4; return its length.
 
     A white ``gap`` px column separates the inputs, shorter ones are padded black at the bottom
-    (as ``outputs.side_by_side``), the output is as long as the shortest input, and its fps is
-    ``fps`` or else the first input's. Only one frame per input is in memory at a time.
+    (as ``side_by_side``), ``labels`` (one per input) are written in a caption strip above them,
+    the output is as long as the shortest input, and its fps is ``fps`` or else the first
+    input's. Only one frame per input is in memory at a time.
     """
     if len(paths) < 2:
         raise ValueError(f"side_by_side_files needs at least 2 videos, got {len(paths)}")
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"{len(labels)} labels for {len(paths)} videos")
     with ExitStack() as stack:
         opened = [stack.enter_context(video_frames(Path(p))) for p in paths]
         with StreamingVideoWriter(out_path, fps or opened[0][0]) as writer:
+            strip = None
             for frames in zip(*(it for _, it in opened)):
-                writer.append(side_by_side(*(f[None] for f in frames), gap=gap))  # [1, H, W, 3]
+                frame = side_by_side(*(f[None] for f in frames), gap=gap)  # [1, H, W, 3]
+                if labels is not None:
+                    if strip is None:
+                        strip = caption_strip(labels, [f.shape[1] for f in frames], gap)
+                    frame = np.concatenate([strip[None], frame], axis=1)
+                writer.append(frame)
     return writer.frames_written

@@ -147,7 +147,8 @@ class RunWriter:
         for s in self.pipe.streams:
             name = f"stream_{s.index:03d}.mp4"
             side_by_side_files([run_dir / "native" / name, run_dir / "retrieval" / name],
-                               run_dir / f"compare_{s.index:03d}.mp4", self.cfg.output.fps)
+                               run_dir / f"compare_{s.index:03d}.mp4", self.cfg.output.fps,
+                               labels=["native", f"retrieval (K={self.pipe.geometry.k})"])
         return {"compare_videos": run_dir}
 
     def _report(self, run_dir: Path, pixels: dict, logs: dict) -> tuple[dict | None, dict]:
