@@ -28,25 +28,17 @@ def kind_of(name: str) -> str:
 def profile_block(cfg: dict, block: int) -> dict:
     """Profile block ``block`` (0-based) of the retrieval run of ``cfg``."""
     from lrag_framework.config import validate
-    from lrag_framework.generation.budget import resolve_memory
-    from lrag_framework.generation.engine import stream_generator
-    from lrag_framework.runner import build_components, make_engine
+    from lrag_framework.generation.pipeline import Pipeline
 
-    run_cfg = validate(cfg)
-    comps = build_components(run_cfg)
-    g = comps.backbone.spec
-    run_cfg, _ = resolve_memory(run_cfg, comps.backbone, 1, g.window + g.frames_per_block,
-                                g.sink, comps.device)
-    engine = make_engine(run_cfg, comps, retrieval=True)
-    cond = comps.backbone.encode_conditioning(run_cfg.conditionings[:1],
-                                              run_cfg.generation.num_frames)
-    engine.generate(cond, [stream_generator(0, 0)], min(run_cfg.generation.num_frames, 15))
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
-                 schedule=schedule(wait=block - 1, warmup=1, active=1)) as prof:
-        engine.generate(cond, [stream_generator(0, 0)], (block + 1) * 3,
-                        on_block=lambda end, clean: prof.step())
+    frames = (block + 1) * 3  # the profiled block is the last one
+    run_cfg = validate({**cfg, "generation": {**cfg.get("generation", {}), "num_frames": frames},
+                        "compare": False})
+    with Pipeline(run_cfg).setup() as pipe:  # its warm-up fills the window
         torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                     schedule=schedule(wait=block - 1, warmup=1, active=1)) as prof:
+            pipe.generate("retrieval", pipe.streams[:1], on_frames=lambda n: prof.step())
+            torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
                and e.time_range.end > e.time_range.start
                and not e.name.startswith("ProfilerStep")]  # the step's own GPU-side span
