@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..files import write_tensors
+from ..files import fingerprint, write_tensors
 from ..outputs.media import video_frames
 from .extractors import PREPROCESS, Extractor
-from .weights import fingerprint, model_files
+from .weights import model_files
 
 PROTOCOL = 1  # bump when preprocessing or feature definitions change
 

@@ -4,7 +4,6 @@ for the aesthetic head). Nothing is ever downloaded: a missing file raises ``Mis
 with one line saying which file to put where."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -17,18 +16,6 @@ AESTHETIC_FILE = "sa_0_4_vit_l_14_linear.pth"  # LAION-AI/aesthetic-predictor
 
 class MissingWeights(FileNotFoundError):
     """A weight file the metric needs is not on disk (the message says what to put where)."""
-
-
-def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's size, first and last MiB (cheap on multi-GB checkpoints)."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        digest.update(f.read(chunk))
-        if size > chunk:
-            f.seek(max(size - chunk, chunk))
-            digest.update(f.read())
-    return digest.hexdigest()
 
 
 def _weight_file(folder: Path) -> Path | None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lrag_framework.interfaces import ComponentError
+from lrag_framework.files import CheckpointError, state_mismatch, torch_load
 
 from .model import WanConfig, WanDiT
 from .presets import WAN_BASE_DOWNLOAD, WanParams
@@ -31,10 +31,6 @@ from .presets import WAN_BASE_DOWNLOAD, WanParams
 ARTIFACTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
 CONFIG_FIELDS = ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "freq_dim",
                  "text_len", "eps")
-
-
-class CheckpointError(ComponentError):
-    """A checkpoint file is missing or does not match the model."""
 
 
 def load_dit(params: WanParams, cfg: WanConfig) -> WanDiT:
@@ -100,11 +96,7 @@ def base_state(folder: Path) -> dict[str, Tensor]:
 def _torch_load(path: Path, what: str, download: str) -> dict:
     if not path.is_file():
         raise _missing(path, what, download)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # unpickling refused or a corrupt file: say which file
-        raise CheckpointError(f"wan: cannot read {path} as {what} with "
-                              f"torch.load(weights_only=True): {err}") from err
+    data = torch_load(path, what)
     if not isinstance(data, dict):
         raise CheckpointError(f"wan: {path}: expected {what} (a dict), got {type(data).__name__}")
     return data
@@ -167,18 +159,7 @@ def merge_lora(state: dict[str, Tensor], path: Path, rank: int, alpha: float,
 
 def check_state(model: WanDiT, state: dict[str, Tensor], path: Path | None) -> None:
     """Every model parameter present with its shape, nothing left over; else one error."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k} {list(state[k].shape)} (model {list(s)})" for k, s in expected.items()
-              if k in state and tuple(state[k].shape) != s]
-    if missing or unexpected or shapes:
-        def few(items):
-            return ", ".join(items[:6]) + (f" ... ({len(items)} in all)" if len(items) > 6 else "")
-
-        parts = [f"missing {few(missing)}" if missing else "",
-                 f"unexpected {few(unexpected)}" if unexpected else "",
-                 f"wrong shapes {few(shapes)}" if shapes else ""]
-        raise CheckpointError(f"wan: {path} does not match the model "
-                              f"({'; '.join(p for p in parts if p)}); check the backbone size "
-                              f"params and that this is a Wan2.1-T2V generator")
+    problem = state_mismatch(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"wan: {path} does not match the model ({problem}); check the "
+                              f"backbone size params and that this is a Wan2.1-T2V generator")

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lrag_framework.files import read_state
+
 from .loading import CheckpointError
 
 TAEHV_FILE = "wan_models/taew2_1.pth"
@@ -147,16 +149,7 @@ def _read(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"wan taehv: {path} not found: put taew2_1.pth there (from "
                               f"{TAEHV_SOURCE}) or set decoder_weights")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # refused pickle or a corrupt file: say which file
-        raise CheckpointError(f"wan taehv: cannot read {path} as a TAEHV state dict: "
-                              f"{err}") from err
+    state = read_state(path, f"a TAEHV state dict (taew2_1.pth from {TAEHV_SOURCE})")
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"wan taehv: {path}: expected a flat dict of tensors "
                               f"(taew2_1.pth from {TAEHV_SOURCE})")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lrag_framework.files import fingerprint
 from lrag_framework.interfaces import ComponentError
 
 from .loading import CheckpointError
@@ -315,19 +316,6 @@ def random_umt5(config: T5Config = T5Config(), seed: int = 0, device: torch.devi
 def default_cache_dir() -> Path:
     """``$LRAG_CACHE_DIR/prompts``, else ``~/.cache/lrag/prompts``."""
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/lrag").expanduser() / "prompts"
-
-
-def fingerprint(path: Path, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's size, first and last MiB: cheap on an 11 GB checkpoint, and the tail of
-    a torch zip checkpoint is its central directory, which lists the CRC-32 of every tensor."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as f:
-        digest.update(f.read(chunk))
-        if size > chunk:
-            f.seek(max(size - chunk, chunk))
-            digest.update(f.read())
-    return digest.hexdigest()
 
 
 def _save_atomic(path: Path, embedding: Tensor, metadata: dict[str, str]) -> None:

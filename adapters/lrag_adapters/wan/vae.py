@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lrag_framework.files import read_state, state_mismatch
+
 from .loading import CheckpointError
 from .presets import WAN_BASE_DOWNLOAD
 from .vae_blocks import (AttentionBlock, CausalCache, CausalConv3d, Downsample, ResidualBlock,
@@ -256,15 +258,7 @@ def _read_state(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise CheckpointError(f"wan vae: {path} not found: expected {what}, e.g. {VAE_FILE}. "
                               f"Download it with: {WAN_BASE_DOWNLOAD}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # refused pickle or a corrupt file: say which file
-        raise CheckpointError(f"wan vae: cannot read {path} as {what}: {err}") from err
+    state = read_state(path, what)
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"wan vae: {path}: expected {what}, a flat dict of tensors")
     return state
@@ -272,21 +266,11 @@ def _read_state(path: Path) -> dict[str, Tensor]:
 
 def _check_state(model: WanVAE, state: dict[str, Tensor], path: Path) -> None:
     """Every parameter present with its shape and nothing left over; else one error."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k} {list(state[k].shape)} (model {list(s)})" for k, s in expected.items()
-              if k in state and tuple(state[k].shape) != s]
-
-    def few(items):
-        return ", ".join(items[:6]) + (f" ... ({len(items)} in all)" if len(items) > 6 else "")
-
-    parts = [f"{name} {few(items)}" for name, items in
-             (("missing", missing), ("unexpected", unexpected), ("wrong shapes", shapes)) if items]
-    if parts:
-        raise CheckpointError(f"wan vae: {path} does not match the VAE ({'; '.join(parts)}); "
-                              f"expected the Wan2.1 VAE ({VAE_FILE}, from: {WAN_BASE_DOWNLOAD}) "
-                              f"and a VAEConfig of its sizes")
+    problem = state_mismatch(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"wan vae: {path} does not match the VAE ({problem}); expected "
+                              f"the Wan2.1 VAE ({VAE_FILE}, from: {WAN_BASE_DOWNLOAD}) and a "
+                              f"VAEConfig of its sizes")
 
 
 def load_vae(path: str | Path, config: VAEConfig | None = None) -> WanVAE:
