@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from torch import Tensor
+
+from lrag_framework.files import load_state_strict, read_tensors, torch_load
 
 from .latent_ae import AEShape, LatentAE
 
@@ -41,35 +42,13 @@ def shape_from_dict(data: dict, source: str) -> AEShape:
     return AEShape(**values)
 
 
-def _keys(names) -> str:
-    names = sorted(names)
-    shown = ", ".join(names[:8])
-    return shown + (f" (+{len(names) - 8} more)" if len(names) > 8 else "")
-
-
 def load_strict(model: LatentAE, state: dict[str, Tensor], source: str) -> None:
-    """Load ``state`` into ``model``; a missing, unexpected or mis-shaped key is a ValueError."""
-    own = model.state_dict()
-    missing = own.keys() - state.keys()
-    unexpected = state.keys() - own.keys()
-    shapes = [f"{k} {list(state[k].shape)} (model {list(own[k].shape)})"
-              for k in sorted(own.keys() & state.keys()) if state[k].shape != own[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_keys(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_keys(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches: {'; '.join(shapes[:8])}")
-    if problems:
-        raise ValueError(f"{source} does not match latent_ae {model.shape}: "
-                         + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
+    """Load ``state`` into ``model``; a missing, unexpected or mis-shaped key is one
+    CheckpointError (a ValueError)."""
+    load_state_strict(model, state, f"{source} (latent_ae {model.shape})")
 
 
 def read_folder(folder: Path) -> tuple[AEShape, dict[str, Tensor]]:
-    from safetensors.torch import load_file
-
     cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for path in (cfg_path, w_path):
         if not path.is_file():
@@ -80,19 +59,18 @@ def read_folder(folder: Path) -> tuple[AEShape, dict[str, Tensor]]:
     if config.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"{cfg_path}: schema_version {config.get('schema_version')!r} is not "
                          f"supported (this version reads {SCHEMA_VERSION})")
-    return shape_from_dict(config.get("params", {}), str(cfg_path)), load_file(str(w_path))
+    return shape_from_dict(config.get("params", {}), str(cfg_path)), read_tensors(
+        w_path, what="latent_ae weights")
 
 
 def read_public(path: Path) -> tuple[AEShape, dict[str, Tensor]]:
     """The public ``{model, config}`` checkpoint (only tensors and plain values are unpickled)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is reported with the path
-        raise ValueError(f"{path}: not a loadable LongLive-RAG AE checkpoint: {err}") from None
+    ckpt = torch_load(path, "a LongLive-RAG AE checkpoint ({model, config})")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise ValueError(f"{path}: expected a dict with a 'model' state dict, "
                          f"got {type(ckpt).__name__}"
-                         + (f" with keys {_keys(ckpt)}" if isinstance(ckpt, dict) else ""))
+                         + (f" with keys {sorted(map(str, ckpt))[:8]}" if isinstance(ckpt, dict)
+                            else ""))
     config = ckpt.get("config")
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a 'config' dict of hyper-parameters")
