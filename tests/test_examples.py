@@ -15,7 +15,7 @@ EXAMPLES = Path(__file__).parents[1] / "docs" / "examples"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=120,
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=900,
                           check=False)
     assert done.returncode == 0, f"{args} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     return done
