@@ -34,6 +34,12 @@ def _progress(mode: str, total: int):
     return tqdm(total=total, unit="frame", desc=mode, file=sys.stderr)
 
 
+def _video_progress(desc: str, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="video", desc=desc, file=sys.stderr)
+
+
 # ---------------------------------------------------------------------------- lrag run
 
 def format_summary(summary: dict) -> str:
@@ -77,12 +83,64 @@ def run_overrides(args) -> list[str]:
 
 
 def _run(args) -> int:
+    from .distributed import world_from_env
     from .outputs.run_dir import run
 
+    if args.prompts or args.resume:
+        return _suite(args)
+
+    if world_from_env().size > 1:
+        raise _config_error("under torchrun, lrag run shards a suite: give --prompts FILE")
     result = run(args.config, run_overrides(args), progress=_progress)
     print(format_summary(result.summary))
     print(f"run directory: {result.run_dir}")
     return OK
+
+
+def _config_error(message: str):
+    from .config import ConfigError
+
+    return ConfigError([message])
+
+
+def format_suite_summary(summary: dict) -> str:
+    """A suite's console lines: counts, then one line per failed video."""
+    lines = [f"suite: {summary['items']} items, {summary['videos']} videos: {summary['ok']} ok, "
+             f"{summary['failed']} failed ({summary['skipped_complete']} already complete), "
+             f"{summary['world_size']} process(es), {summary['frames_per_second']:.1f} frames/s"]
+    lines += [f"  failed: {f['item']} sample {f['sample']} {f['mode']}: {f['reason']}"
+              for f in summary["failures"]]
+    return "\n".join(lines)
+
+
+def _suite(args) -> int:
+    """``--prompts`` (a suite, sharded under torchrun) or ``--resume`` of a suite."""
+    from .distributed import session, world_from_env
+    from .outputs.suite_dir import run_suite
+
+    if args.prompt and args.prompts:
+        raise _config_error("give --prompt or --prompts, not both")
+    if args.resume and (args.prompts or args.prompt or args.config):
+        raise _config_error("--resume RUN_DIR takes the config and prompts of the run "
+                            "directory: give neither CONFIG, --prompt nor --prompts")
+    world = world_from_env()
+    device = _suite_device(args)
+    with session(world, device):
+        result = run_suite(args.config, args.prompts, run_overrides(args), resume=args.resume,
+                           world=world, progress=_video_progress if world.main else None)
+    if result is None:  # not rank 0: rank 0 reports
+        return OK
+    print(format_suite_summary(result.summary))
+    print(f"run directory: {result.run_dir}")
+    return FAILED if result.summary["failed"] else OK
+
+
+def _suite_device(args) -> str:
+    """The device the process group is opened for (the config's, as overridden)."""
+    from .config import apply_overrides, read_config
+
+    source = f"{args.resume}/config.yaml" if args.resume else args.config
+    return str(apply_overrides(read_config(source), run_overrides(args)).get("device", "auto"))
 
 
 def _validate(args) -> int:
@@ -171,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run native and retrieval on the same noise, side by side")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                    help="a text prompt (one video each; repeatable): replaces conditionings")
+    p.add_argument("--prompts", metavar="FILE",
+                   help="a prompt suite (text, one prompt a line, or a YAML/JSON list of "
+                        "items; docs/suites.md): replaces conditionings; sharded under torchrun")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="finish an interrupted suite: complete videos are skipped")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--image", metavar="PATH", help="start every video from this image")
     start.add_argument("--video", metavar="PATH", help="continue this video")

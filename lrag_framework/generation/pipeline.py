@@ -29,12 +29,19 @@ MODES = ("native", "retrieval")
 @dataclass(frozen=True)
 class Stream:
     """One video of a run: conditioning ``conditioning``, sample ``sample``, noise generator
-    ``stream_generator(seed, index)``."""
+    ``stream_generator(seed, index)``, or ``stream_generator(seed, noise_key)`` when a key is
+    given (a suite keys each item's noise by its name and sample: ``suites.py``)."""
 
     index: int
     conditioning: int
     sample: int
     seed: int
+    noise_key: int | None = None
+
+    @property
+    def generator(self):
+        return stream_generator(self.seed, self.index if self.noise_key is None
+                                else self.noise_key)
 
     def as_dict(self) -> dict:
         return {"stream": self.index, "conditioning": self.conditioning, "sample": self.sample,
@@ -66,13 +73,14 @@ class Pipeline:
         self.initial_noise: Tensor | None = None
         self.references: list = []
         self.memory_resolved: dict | None = None
+        self._configured_start = cfg.prefix
 
     # ------------------------------------------------------------------------ setup
 
     def setup(self, prefix: Tensor | None = None, initial_noise: Tensor | None = None,
-              warm_up: bool = True) -> Pipeline:
-        """Components, geometry, references and start frames; raises ConfigError or
-        ComponentError before anything is generated."""
+              warm_up: bool = True, inputs: bool = True) -> Pipeline:
+        """Components, geometry, references and start frames (``inputs``; else later through
+        ``set_inputs``); raises ConfigError or ComponentError before anything is generated."""
         from ..plugins import load_plugins
 
         cfg = self.cfg
@@ -93,6 +101,21 @@ class Pipeline:
                                            cfg.embedder.params).to(self.device)
             self.retriever = registry.build("retriever", cfg.retriever.name,
                                             cfg.retriever.params)
+        if inputs:
+            self.set_inputs(cfg.conditionings, prefix)
+        self.initial_noise = initial_noise
+        self.warm_up_seconds = self.warm_up() if warm_up else 0.0
+        return self
+
+    def set_inputs(self, conditionings: list, prefix: Tensor | None = None,
+                   start=None) -> None:
+        """The conditionings to generate (their streams, references and start frames: the
+        configured ``prefix``, ``start`` (a ``PrefixConfig``) instead, or the given latents
+        [S, P, C, H, W]). A suite sets each batch's items this way on one set-up pipeline."""
+        cfg = self.cfg.model_copy(update={
+            "conditionings": list(conditionings),
+            "prefix": self._configured_start if start is None else start})
+        self.cfg, self.streams = cfg, streams_of(cfg)
         by_item = [self.backbone.reference(item, self.num_frames) for item in cfg.conditionings]
         self.references = [by_item[s.conditioning] for s in self.streams]
         self.prefix = load_prefix(cfg, self.backbone, self.references) if prefix is None \
@@ -100,9 +123,6 @@ class Pipeline:
         if self.prefix is not None:
             check_prefix(self.prefix, len(self.streams), self.num_frames,
                          tuple(self.backbone.spec.latent_shape))
-        self.initial_noise = initial_noise
-        self.warm_up_seconds = self._warm_up() if warm_up else 0.0
-        return self
 
     def _geometry(self) -> Geometry:
         gen, ret, spec = self.cfg.generation, self.cfg.retrieval, self.backbone.spec
@@ -133,7 +153,7 @@ class Pipeline:
                              budget_bytes=m.budget_gb * 2 ** 30, policy=m.policy,
                              storage=m.storage, tier=m.tier if tier is None else tier)
 
-    def _warm_up(self) -> float:
+    def warm_up(self) -> float:
         """Discarded blocks until the window is full (every context size the run will see, with
         the run's memory storage), so one-time costs (kernels, allocator, compilation) stay out
         of the timings. Always on a device pool: a host pool is page-locked once, for the run."""
@@ -179,7 +199,7 @@ class Pipeline:
 
             with video.batch(ids) if video is not None else contextlib.nullcontext():
                 out = engine.generate(
-                    cond, [stream_generator(s.seed, s.index) for s in batch], self.num_frames,
+                    cond, [s.generator for s in batch], self.num_frames,
                     prefix=None if self.prefix is None else self.prefix[ids],
                     initial_noise=None if self.initial_noise is None else self.initial_noise[ids],
                     on_block=on_block)

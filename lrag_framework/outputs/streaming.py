@@ -19,8 +19,10 @@ class VideoStreams:
     (``keep_pixels``, for metrics against ground truth)."""
 
     def __init__(self, backbone, device: torch.device, directory: Path | None, fps: int,
-                 scale: int, keep_pixels: bool):
+                 scale: int, keep_pixels: bool, names: dict[int, str] | None = None):
+        """``names``: stream -> file stem (default ``stream_000``)."""
         self.backbone, self.device, self.directory = backbone, device, directory
+        self.names = names or {}
         self.fps, self.scale, self.keep_pixels = fps, scale, keep_pixels
         self.pixels: dict[int, list[Tensor]] = {}  # stream -> decoded blocks [f, 3, h, w]
         self.seconds = 0.0  # the generation loop spent decoding, or waiting for the writer
@@ -39,7 +41,8 @@ class VideoStreams:
         with ExitStack() as stack:
             writers = [] if self.directory is None else [
                 stack.enter_context(StreamingVideoWriter(
-                    self.directory / f"stream_{s:03d}.mp4", self.fps)) for s in streams]
+                    self.directory / f"{self.names.get(s, f'stream_{s:03d}')}.mp4", self.fps))
+                for s in streams]
             pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="lrag-video"))
             side = (torch.cuda.Stream(self.device)
                     if self.device.type == "cuda" and not self.keep_pixels else None)
