@@ -2,6 +2,9 @@
 buckets, the prompt cache; against transformers / ftfy when those are importable."""
 import html
 import json
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,6 +246,56 @@ def test_cache_key_follows_the_encoder(tmp_path, checkpoint, tokenizer_dir, monk
     assert bf16._encoder is None
     monkeypatch.setenv(te.CACHE_ENV, str(tmp_path / "root"))
     assert TextEncoder(checkpoint, tokenizer_dir, TINY).cache_dir == tmp_path / "root" / "prompts"
+
+
+def _cache_writer(checkpoint, tokenizer_dir, cache, expected, target, writer, barrier):
+    """One of several processes on one cache: all encode the same prompts at once (all miss,
+    all write), then rewrite one file over and over with this writer's own values."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    want = load_file(expected)
+    barrier.wait()
+    out = make_encoder(checkpoint, tokenizer_dir, cache).encode(list(want))
+    if not all(torch.equal(o, want[p]) for o, p in zip(out, want)):
+        sys.exit(3)
+    for _ in range(150):
+        te._save_atomic(Path(target), torch.full((64, 32), float(writer)), {"writer": str(writer)})
+
+
+def test_concurrent_writers_share_the_prompt_cache(tmp_path, checkpoint, tokenizer_dir):
+    """Ranks of a suite encode through one on-disk cache: processes that miss the same prompts
+    at once all get the right embeddings, their temporary files never collide (a shared
+    temporary name fails here), and every read is a whole file from one writer."""
+    import multiprocessing
+
+    from safetensors.torch import load_file, save_file
+
+    prompts = ["a cat runs", "the dog", "a red cat on the grass", "snow"]
+    reference = make_encoder(checkpoint, tokenizer_dir, tmp_path / "alone").encode(prompts)
+    expected = tmp_path / "expected.safetensors"
+    save_file(dict(zip(prompts, reference)), expected)
+    cache, target = tmp_path / "cache", tmp_path / "cache" / "shared.safetensors"
+    te._save_atomic(target, torch.full((64, 32), -1.0), {"writer": "-1"})
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_cache_writer, args=(checkpoint, tokenizer_dir, cache, expected,
+                                                     target, w, barrier)) for w in range(3)]
+    for p in procs:
+        p.start()
+    reads = 0
+    while any(p.is_alive() for p in procs):
+        x = load_file(target)["prompt_embeds"]  # complete, from one writer
+        assert x.shape == (64, 32) and bool((x == x[0, 0]).all())
+        reads += 1
+        time.sleep(0.002)  # leave the two CI cores to the writers
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert reads > 0
+    assert sorted(f.name for f in cache.iterdir()) == sorted(
+        [target.name] + [make_encoder(checkpoint, tokenizer_dir, cache).cache_path(p).name
+                         for p in prompts])  # no temporary file left
 
 
 # -- against the reference libraries, when installed ----------------------------------------------
