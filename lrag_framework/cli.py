@@ -116,7 +116,7 @@ def format_suite_summary(summary: dict) -> str:
 def _suite(args) -> int:
     """``--prompts`` (a suite, sharded under torchrun) or ``--resume`` of a suite."""
     from .distributed import session, world_from_env
-    from .outputs.suite_dir import run_suite
+    from .outputs.suite_dir import SuiteStopped, run_suite
 
     if args.prompt and args.prompts:
         raise _config_error("give --prompt or --prompts, not both")
@@ -125,9 +125,14 @@ def _suite(args) -> int:
                             "directory: give neither CONFIG, --prompt nor --prompts")
     world = world_from_env()
     device = _suite_device(args)
-    with session(world, device):
-        result = run_suite(args.config, args.prompts, run_overrides(args), resume=args.resume,
-                           world=world, progress=_video_progress if world.main else None)
+    try:
+        with session(world, device):
+            result = run_suite(args.config, args.prompts, run_overrides(args),
+                               resume=args.resume, world=world,
+                               progress=_video_progress if world.main else None)
+    except SuiteStopped as err:
+        _error(f"[rank {world.rank}] {err}" if world.size > 1 else err)
+        return INTERRUPTED if err.interrupted else FAILED
     if result is None:  # not rank 0: rank 0 reports
         return OK
     print(format_suite_summary(result.summary))

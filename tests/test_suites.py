@@ -156,3 +156,28 @@ def test_resume_redoes_only_what_is_missing(tmp_path):
     assert all(torch.equal(after[k], before[k]) for k in before)
     with pytest.raises(ConfigError, match="not a suite run directory"):
         run_suite(resume=tmp_path)
+
+
+def test_an_interrupted_suite_keeps_its_videos_and_resumes(tmp_path, monkeypatch, capsys):
+    from lrag_framework.generation.pipeline import Pipeline
+
+    cfg = write(tmp_path / "cfg.yaml", suite_config(tmp_path))
+    suite = write(tmp_path / "s.yaml", WORLDS[:3])
+    generate, calls = Pipeline.generate, []
+
+    def stop_at_the_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "generate", stop_at_the_second)
+    assert cli.main(["run", str(cfg), "--prompts", str(suite)]) == cli.INTERRUPTED
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert f"lrag run --resume {run_dir}" in capsys.readouterr().err
+    monkeypatch.setattr(Pipeline, "generate", generate)
+    assert cli.main(["run", "--resume", str(run_dir), "--set", "generation.num_frames=12"]) \
+        == cli.BAD_INPUT  # a suite is finished with its own config
+    assert cli.main(["run", "--resume", str(run_dir)]) == cli.OK
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["skipped_complete"] == 1 and summary["ok"] == 3

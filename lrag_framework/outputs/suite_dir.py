@@ -48,6 +48,17 @@ class Unit:
     modes: tuple[str, ...]
 
 
+class SuiteStopped(Exception):
+    """A suite stopped by an interrupt or an error that is not an item's: what is indexed is
+    kept, ``lrag run --resume RUN_DIR`` finishes it."""
+
+    def __init__(self, run_dir: Path, cause: BaseException):
+        self.run_dir, self.interrupted = run_dir, isinstance(cause, KeyboardInterrupt)
+        what = "interrupted" if self.interrupted else f"stopped by {type(cause).__name__}: {cause}"
+        super().__init__(f"suite {what}; the videos in its index are kept: finish it with "
+                         f"lrag run --resume {run_dir}")
+
+
 @dataclass
 class SuiteResult:
     run_dir: Path
@@ -65,7 +76,10 @@ def run_suite(config=None, prompts: str | Path | None = None, overrides: list[st
         if not (run_dir / SUITE_FILE).is_file():
             raise ConfigError([f"--resume: {run_dir} is not a suite run directory (no "
                                f"{SUITE_FILE})"])
-        cfg = load_config(run_dir / "config.yaml", overrides)
+        cfg = load_config(run_dir / "config.yaml")
+        if overrides and load_config(run_dir / "config.yaml", overrides) != cfg:
+            raise ConfigError([f"--resume: --set {' '.join(overrides)} changes the config of "
+                               f"{run_dir}; a suite is finished with the config it began"])
         items = items_from_dicts(json.loads((run_dir / SUITE_FILE).read_text())["items"])
     else:
         cfg = load_config(config, overrides)
@@ -97,6 +111,8 @@ def run_suite(config=None, prompts: str | Path | None = None, overrides: list[st
         try:
             writer = SuiteWriter(pipe, run_dir, world)
             writer.generate(world.shard(plan["todo"]))
+        except (KeyboardInterrupt, Exception) as err:
+            raise SuiteStopped(run_dir, err) from err
         finally:
             if watcher is not None:
                 watcher.stop()
