@@ -161,6 +161,28 @@ def test_wan_backbone_decodes_with_taehv_when_asked(tmp_path):
         missing.stream_decoder()
 
 
+def test_decoder_device_places_the_decoder_and_is_checked():
+    """``decoder_device``: the VAE / TAEHV live there and take the latents there; the frames
+    are the same as on the compute device. On this machine only the CPU exists: a GPU that is
+    not there is refused by name, before anything runs."""
+    from lrag_framework.interfaces import ComponentError
+    from lrag_framework.outputs.streaming import VideoStreams
+    from pydantic import ValidationError
+
+    z = latents(frames=4, seed=5)
+    for decoder in ("vae", "taehv"):
+        here, there = wan(decoder=decoder), wan(decoder=decoder, decoder_device="cpu")
+        assert there.decode_device == torch.device("cpu") == here.decode_device
+        assert torch.equal(here.stream_decoder()(z), there.stream_decoder()(z))
+    streams = VideoStreams(there, torch.device("cpu"), None, 8, 1, True)
+    assert streams.decode_device == torch.device("cpu")
+    if torch.cuda.device_count() < 8:
+        with pytest.raises(ComponentError, match="decoder_device: device cuda:7"):
+            wan(decoder_device="cuda:7").to("cpu")
+    with pytest.raises(ValidationError, match="decoder_device"):
+        wan(decoder_device="gpu1")
+
+
 def test_float8_is_refused_on_cpu_with_the_reason():
     with pytest.raises(ValueError, match=r"float8 needs a CUDA device .* on cpu"):
         wan(quantize="float8").to("cpu")

@@ -23,6 +23,8 @@ class VideoStreams:
         """``names``: stream -> file stem (default ``stream_000``)."""
         self.backbone, self.device, self.directory = backbone, device, directory
         self.names = names or {}
+        # a backbone may decode on another device (Wan's decoder_device)
+        self.decode_device = torch.device(getattr(backbone, "decode_device", device))
         self.fps, self.scale, self.keep_pixels = fps, scale, keep_pixels
         self.pixels: dict[int, list[Tensor]] = {}  # stream -> decoded blocks [f, 3, h, w]
         self.seconds = 0.0  # the generation loop spent decoding, or waiting for the writer
@@ -44,8 +46,8 @@ class VideoStreams:
                     self.directory / f"{self.names.get(s, f'stream_{s:03d}')}.mp4", self.fps))
                 for s in streams]
             pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="lrag-video"))
-            side = (torch.cuda.Stream(self.device)
-                    if self.device.type == "cuda" and not self.keep_pixels else None)
+            side = (torch.cuda.Stream(self.decode_device)
+                    if self.decode_device.type == "cuda" and not self.keep_pixels else None)
             self._batch = (streams, self.backbone.stream_decoder(), writers, pool, [], side)
             try:
                 yield self
@@ -66,8 +68,10 @@ class VideoStreams:
                         self.pixels.setdefault(stream, []).append(pixels[i].cpu())
                 frames = uint8_frames(pixels, self.scale).cpu()  # [B, f, H, W, 3]
             else:  # decode beside the next block's passes; the writer waits for the copy
-                side.wait_stream(torch.cuda.current_stream(self.device))
-                latents.record_stream(side)
+                if self.device.type == "cuda":
+                    side.wait_stream(torch.cuda.current_stream(self.device))
+                if latents.device == self.decode_device:  # else copied on the compute stream
+                    latents.record_stream(side)
                 with torch.cuda.stream(side):
                     decoded = uint8_frames(decode(latents), self.scale)
                     frames = torch.empty(decoded.shape, dtype=torch.uint8, pin_memory=True)

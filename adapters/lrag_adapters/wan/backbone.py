@@ -13,7 +13,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from lrag_framework.interfaces import Backbone, BackboneSpec, Context
+from lrag_framework.devices import device_error
+from lrag_framework.interfaces import Backbone, BackboneSpec, ComponentError, Context
 
 from .conditioning import (WanConditioning, as_segment, check_segments, identity_of,
                            is_segments, read_embedding)
@@ -73,8 +74,14 @@ class WanBackbone(Backbone):
         return str(Path(self.params.base_dir) / default)
 
     @property
+    def decode_device(self) -> torch.device:
+        """Where the VAE and TAEHV run: ``decoder_device``, else the compute device."""
+        given = self.params.decoder_device
+        return torch.device(given) if given else self.device
+
+    @property
     def vae(self):
-        """The Wan2.1 VAE on the compute device, loaded at first use."""
+        """The Wan2.1 VAE on the decoder's device, loaded at first use."""
         if self._vae is None:
             from .vae import VAEConfig, load_vae, random_vae
 
@@ -84,8 +91,8 @@ class WanBackbone(Backbone):
             else:
                 vae = load_vae(self._base_file(p.vae_ckpt, "Wan2.1_VAE.pth", "vae_ckpt"),
                                None if p.vae_dim is None else VAEConfig(dim=p.vae_dim))
-            self._vae = vae.to(self.device, self.dtype)
-            if self.device.type == "cuda":  # the fast path, see docs/vae.md
+            self._vae = vae.to(self.decode_device, self.dtype)
+            if self.decode_device.type == "cuda":  # the fast path, see docs/vae.md
                 self._vae.channels_last()
                 if p.vae_compile:
                     self._vae.compile_decoder()
@@ -93,7 +100,7 @@ class WanBackbone(Backbone):
 
     @property
     def light_decoder(self):
-        """TAEHV's decoder on the compute device (``decoder: taehv``), loaded at first use."""
+        """TAEHV's decoder on the decoder's device (``decoder: taehv``), loaded at first use."""
         if self._light is None:
             from .taehv import TAEHV_FILE, load_taehv, random_taehv
 
@@ -102,36 +109,39 @@ class WanBackbone(Backbone):
                 model = random_taehv(p.init_seed, self.cfg.in_dim)
             else:
                 model = load_taehv(p.decoder_weights or TAEHV_FILE)
-            self._light = model.to(self.device, self.dtype)
-            if self.device.type == "cuda":
+            self._light = model.to(self.decode_device, self.dtype)
+            if self.decode_device.type == "cuda":
                 self._light.to(memory_format=torch.channels_last)
         return self._light
 
     def encode(self, pixels: Tensor) -> Tensor:
         """Pixels [B, 1 + 4k, 3, 8H, 8W] in [-1, 1] -> latents [B, 1 + k, 16, H, W]."""
         with torch.no_grad():
-            z = self.vae.encode(rearrange(pixels.to(self.device), "b t c h w -> b c t h w"))
-        return rearrange(z.float(), "b c f h w -> b f c h w")
+            z = self.vae.encode(rearrange(pixels.to(self.decode_device),
+                                          "b t c h w -> b c t h w"))
+        return rearrange(z.float(), "b c f h w -> b f c h w").to(self.device)
 
     def decode(self, latents: Tensor) -> Tensor:
         return self.stream_decoder()(latents)
 
     def stream_decoder(self):
         """Latent blocks [B, F, 16, H, W] -> frames [B, 1 + 4(F-1) first, then 4F, 3, 8H, 8W],
-        the decoder's causal state carried from block to block (the VAE, or TAEHV's)."""
+        the decoder's causal state carried from block to block (the VAE, or TAEHV's), on the
+        decoder's device (the frames stay there)."""
+        device = self.decode_device
         if self.params.decoder == "taehv":
             light = self.light_decoder.stream_decoder()
 
             def decode_light(latents: Tensor) -> Tensor:
                 with torch.no_grad():
-                    return light.decode(latents)
+                    return light.decode(latents.to(device))
 
             return decode_light
         stream = self.vae.stream_decoder()
 
         def decode(latents: Tensor) -> Tensor:
             with torch.no_grad():
-                video = stream.decode(rearrange(latents, "b f c h w -> b c f h w"))
+                video = stream.decode(rearrange(latents.to(device), "b f c h w -> b c f h w"))
             return rearrange(video, "b c t h w -> b t c h w")
 
         return decode
@@ -161,6 +171,9 @@ class WanBackbone(Backbone):
         """Move (and for ``random_init``, materialise) the weights; params.dtype wins over
         ``dtype`` unless it is ``auto``."""
         device = torch.device(device)
+        error = self.params.decoder_device and device_error(self.params.decoder_device)
+        if error:
+            raise ComponentError(f"wan: decoder_device: {error}")
         if self._quantized and device != self.device:
             raise ValueError(f"wan: float8 weights stay on {self.device}; build the backbone "
                              f"again to run on {device}")
@@ -172,9 +185,9 @@ class WanBackbone(Backbone):
         if not self._quantized:
             self.model.set_dtype(self.dtype).to(self.device)
         if self._vae is not None:
-            self._vae.to(self.device, self.dtype)
+            self._vae.to(self.decode_device, self.dtype)
         if self._light is not None:
-            self._light.to(self.device, self.dtype)
+            self._light.to(self.decode_device, self.dtype)
         if self.params.quantize == "float8" and not self._quantized:
             from .quantize import float8_linears
 
@@ -202,6 +215,8 @@ class WanBackbone(Backbone):
         activations = 6 * streams * block * n * max(c.ffn_dim, 3 * c.dim) * 4
         pixels = streams * 4 * block * 3 * 64 * n * 4  # one decoded block, 8x8 pixels a latent
         decoder = (2 * 2 ** 20 if p.decoder == "taehv" else 260 * 2 ** 20) + 24 * pixels
+        if self.decode_device != self.device:  # decoder_device: on another device
+            decoder = 0
         return int(dit + context + activations + decoder)
 
     def _ready(self) -> None:

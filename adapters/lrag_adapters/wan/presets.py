@@ -59,6 +59,10 @@ class WanParams(BaseModel):
         "TAEHV's tiny decoder (real time, previews; taew2_1 weights)")
     decoder_weights: str | None = Field(None, description="TAEHV file (taew2_1.pth or "
                                         ".safetensors); default: wan_models/taew2_1.pth")
+    decoder_device: str | None = Field(
+        None, pattern=r"^(cpu|cuda(:\d+)?)$", description="device of the video decoder (VAE or "
+        "TAEHV), e.g. cuda:1: the DiT on one GPU, decoding beside it on another; default: the "
+        "compute device")
     vae_compile: bool = Field(False, description="torch.compile the VAE decoder on CUDA "
                               "(compiled at the first block; see docs/vae.md)")
     quantize: Literal["none", "float8"] = Field(
