@@ -181,3 +181,14 @@ def test_an_interrupted_suite_keeps_its_videos_and_resumes(tmp_path, monkeypatch
     assert cli.main(["run", "--resume", str(run_dir)]) == cli.OK
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["skipped_complete"] == 1 and summary["ok"] == 3
+
+
+def test_the_example_suites_parse():
+    from pathlib import Path
+
+    examples = Path(__file__).parents[1] / "docs" / "examples"
+    world = parse_suite(examples / "world_suite.yaml")
+    assert [i.name for i in world][1] == "second_world" and world[3].seed == 7
+    assert all(isinstance(i.conditioning, dict) for i in world)
+    text = parse_suite(examples / "prompts.txt")
+    assert len(text) == 3 and text[0].name.startswith("a_red_fox_trots")
