@@ -84,6 +84,9 @@ def test_two_gloo_processes_equal_one(suite):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and [r["videos"] for r in summary["ranks"]] == [2, 2]
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["device"] == "cpu"
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert again.returncode != 0  # rank 0 cannot create the directory: no rank waits for it
+    assert again.stderr.count("runs are never overwritten") == 2  # both ranks say why
 
 
 def _rank(rank: int, port: int, argv: list[str]) -> None:

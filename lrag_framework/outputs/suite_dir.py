@@ -91,17 +91,16 @@ def run_suite(config=None, prompts: str | Path | None = None, overrides: list[st
     started = time.perf_counter()
     pipe = Pipeline(cfg).setup(warm_up=False, inputs=False)
     try:
+        plan = None
         if world.main:
-            if run_dir is None:
-                run_dir = run_dir_for(cfg)
-                write_yaml(run_dir / "config.yaml",
-                           pipe.cfg.model_dump(mode="json") | {"device": configured_device})
-                write_json(run_dir / SUITE_FILE, {"items": [i.as_dict() for i in items]})
-            done = complete_rows(read_index(run_dir), run_dir)
-            todo = todo_units(items, cfg.samples_per_conditioning, pipe.modes, done)
-            plan = {"run_dir": str(run_dir), "todo": todo, "skipped": len(done),
-                    "baseline": count_shard_rows(run_dir)}
-        plan = world.broadcast(plan if world.main else None)
+            try:
+                plan = start(run_dir, cfg, pipe, items, configured_device)
+            except ConfigError as err:  # every rank stops with it, none waits
+                world.broadcast({"errors": err.errors})
+                raise
+        plan = world.broadcast(plan)
+        if "errors" in plan:
+            raise ConfigError(plan["errors"])
         run_dir = Path(plan["run_dir"])
         setup_seconds = time.perf_counter() - started
         watcher = None
@@ -127,6 +126,19 @@ def run_suite(config=None, prompts: str | Path | None = None, overrides: list[st
     if not world.main:
         return None
     return finish(run_dir, items, cfg, ranks, plan["skipped"])
+
+
+def start(run_dir: Path | None, cfg, pipe: Pipeline, items: list[SuiteItem],
+          device: str) -> dict:
+    """Rank 0: the run directory (created, or the one resumed) and the work left in it."""
+    if run_dir is None:
+        run_dir = run_dir_for(cfg)
+        write_yaml(run_dir / "config.yaml", pipe.cfg.model_dump(mode="json") | {"device": device})
+        write_json(run_dir / SUITE_FILE, {"items": [i.as_dict() for i in items]})
+    done = complete_rows(read_index(run_dir), run_dir)
+    todo = todo_units(items, cfg.samples_per_conditioning, pipe.modes, done)
+    return {"run_dir": str(run_dir), "todo": todo, "skipped": len(done),
+            "baseline": count_shard_rows(run_dir)}
 
 
 # ---------------------------------------------------------------------------- work and index
