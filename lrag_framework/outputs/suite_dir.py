@@ -66,6 +66,10 @@ class SuiteResult:
     index: list[dict]
 
 
+def is_suite_dir(path: str | Path) -> bool:
+    return (Path(path) / SUITE_FILE).is_file()
+
+
 def run_suite(config=None, prompts: str | Path | None = None, overrides: list[str] = (),
               resume: str | Path | None = None, world: World = World(),
               progress: Progress | None = None) -> SuiteResult | None:
@@ -73,7 +77,7 @@ def run_suite(config=None, prompts: str | Path | None = None, overrides: list[st
     directory). Returns the result on rank 0, None on the other ranks."""
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / SUITE_FILE).is_file():
+        if not is_suite_dir(run_dir):
             raise ConfigError([f"--resume: {run_dir} is not a suite run directory (no "
                                f"{SUITE_FILE})"])
         cfg = load_config(run_dir / "config.yaml")
