@@ -6,6 +6,7 @@ word-level tokenizer of the same size (tokenising is negligible next to the enco
     python benchmarks/wan_e2e.py                 # H100: 120 latent frames, retrieval on
     python benchmarks/wan_e2e.py --tiny          # CPU smoke check
     python benchmarks/wan_e2e.py --decoder vae taehv   # one row per decoder (TAEHV: random weights)
+    python benchmarks/wan_e2e.py --decoder-device cuda:1   # the decoder on a second GPU
 
 Prints one markdown table: text encode (cold: builds the 5.7B-parameter encoder, encodes, frees
 it), the run's setup (DiT, VAE, warm-up block, compile), generation, decode + write, time to the
@@ -56,6 +57,8 @@ def main() -> None:
                         help="no torch.compile (the preset's default compiles on CUDA)")
     parser.add_argument("--decoder", choices=["vae", "taehv"], nargs="+", default=["vae"])
     parser.add_argument("--vae-compile", action="store_true", help="torch.compile the VAE decoder")
+    parser.add_argument("--decoder-device", default=None,
+                        help="decode on this device (e.g. cuda:1; docs/suites.md)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not args.tiny
     if not args.tiny and not cuda:
@@ -77,7 +80,8 @@ def main() -> None:
         print(f"# wan_e2e: {args.preset}{' (tiny)' if args.tiny else ''}, random weights, "
               f"{torch.cuda.get_device_name() if cuda else 'cpu'}, torch {torch.__version__}, "
               f"{platform.python_version()}, compile {args.compile}, vae_compile "
-              f"{args.vae_compile}, {frames} latent frames = {4 * frames - 3} video frames, "
+              f"{args.vae_compile}, decoder_device {args.decoder_device or 'same'}, "
+              f"{frames} latent frames = {4 * frames - 3} video frames, "
               f"retrieval K=6 R=5\n")
         print("| decoder | text encode s | setup s | generate s | decode+write s | first frame s "
               "(gen) | first frame s (job) | wall s (job) | end-to-end video FPS | peak GPU GiB "
@@ -87,6 +91,7 @@ def main() -> None:
             params = {"random_init": True, "tokenizer_dir": str(tmp / "tokenizer"),
                       "prompt_cache": str(tmp / "cache"), "compile": args.compile,
                       "decoder": decoder, "vae_compile": args.vae_compile,
+                      "decoder_device": args.decoder_device,
                       **({**TINY_DIT, "text_encoder_sizes": TINY_T5, "vae_dim": 8}
                          if args.tiny else {})}
             cfg = {"name": "wan_e2e", "backbone": {"name": args.preset, "params": params},
