@@ -93,7 +93,10 @@ def run_suite(config=None, prompts: str | Path | None = None, overrides: list[st
     configured_device = cfg.device  # config.yaml keeps it: each rank resolves its own
     cfg = cfg.model_copy(update={"device": rank_device(world, cfg.device)})
     started = time.perf_counter()
-    pipe = Pipeline(cfg).setup(warm_up=False, inputs=False)
+    # set up for one batch (memory is sized per batch); set_inputs gives each batch its items
+    first = cfg.conditionings[:-(-cfg.generation.batch_size // cfg.samples_per_conditioning)]
+    pipe = Pipeline(cfg.model_copy(update={"conditionings": first})).setup(
+        warm_up=False, inputs=False)
     try:
         plan = None
         if world.main:
@@ -137,7 +140,8 @@ def start(run_dir: Path | None, cfg, pipe: Pipeline, items: list[SuiteItem],
     """Rank 0: the run directory (created, or the one resumed) and the work left in it."""
     if run_dir is None:
         run_dir = run_dir_for(cfg)
-        write_yaml(run_dir / "config.yaml", pipe.cfg.model_dump(mode="json") | {"device": device})
+        write_yaml(run_dir / "config.yaml", pipe.cfg.model_dump(mode="json") | {
+            "device": device, "conditionings": [i.conditioning for i in items]})
         write_json(run_dir / SUITE_FILE, {"items": [i.as_dict() for i in items]})
     done = complete_rows(read_index(run_dir), run_dir)
     todo = todo_units(items, cfg.samples_per_conditioning, pipe.modes, done)
