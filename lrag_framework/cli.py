@@ -77,10 +77,22 @@ def run_overrides(args) -> list[str]:
 
 
 def _run(args) -> int:
-    from .outputs.run_dir import run
+    from .outputs.run_dir import RunStopped, run
 
-    result = run(args.config, run_overrides(args), progress=_progress)
+    try:
+        result = run(args.config, run_overrides(args), progress=_progress, resume=args.resume)
+    except RunStopped as err:
+        _error(err)
+        return INTERRUPTED if err.interrupted else FAILED
+    if result.already_complete:
+        print(f"{result.run_dir} is already complete: nothing to resume")
+        return OK
     print(format_summary(result.summary))
+    for mode, what in result.summary.get("resumed", {}).items():
+        print(f"resumed {mode}: " + ("kept (finished before)" if what == "kept" else
+                                     f"{what['batches_kept']} batches kept, "
+                                     f"{what['blocks_fed_back']} saved blocks fed back in "
+                                     f"{what['feed_back_seconds']:.2f} s"))
     print(f"run directory: {result.run_dir}")
     return OK
 
@@ -174,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     start = p.add_mutually_exclusive_group()
     start.add_argument("--image", metavar="PATH", help="start every video from this image")
     start.add_argument("--video", metavar="PATH", help="continue this video")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="finish an interrupted run (a config or --set, if given, must be the "
+                   "run's; docs/resume.md)")
     p.set_defaults(func=_run)
     with_config("validate", "report every error of a run config at once").set_defaults(
         func=_validate)
@@ -203,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except KeyboardInterrupt:
-        _error("interrupted; complete files were kept, partial ones carry .partial in their name")
+        _error("interrupted before anything was generated; nothing was kept")
         return INTERRUPTED
     except BrokenPipeError:  # the reader left (`lrag plugins | head -1`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit

@@ -6,6 +6,8 @@ params) into one ``ConfigError`` before anything is built.
 """
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -157,9 +159,12 @@ def read_config(source: str | Path | dict | BaseModel | None) -> dict:
     if source is None:
         return default_config_dict()
     if isinstance(source, BaseModel):
-        return source.model_dump(mode="json")
+        return source.model_dump()
     if isinstance(source, dict):
         return dict(source)
+    if not isinstance(source, (str, Path)):
+        raise ConfigError([f"config: expected a path, a dict, a RunConfig or None, got "
+                           f"{type(source).__name__}"])
     path = Path(source)
     if not path.is_file():
         raise ConfigError([f"config file {path} not found"])
@@ -174,7 +179,10 @@ def read_config(source: str | Path | dict | BaseModel | None) -> dict:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict copy."""
-    data = json.loads(json.dumps(data))
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError([f"overrides: expected a list of KEY=VALUE strings, got the string "
+                           f"{overrides!r}"])
+    data = copy.deepcopy(data)  # tensors in conditionings stay tensors
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -187,6 +195,27 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ConfigError([f"--set {item!r}: {part} is not a section"])
         node[leaf] = yaml.safe_load(raw)
     return data
+
+
+def tensor_record(value) -> dict:
+    """What a config file records for a tensor value (a tensor conditioning): its shape, dtype
+    and the sha256 of its bytes."""
+    import torch
+
+    data = value.detach().cpu().contiguous().view(-1).view(torch.uint8)
+    return {"tensor": {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch."),
+                       "sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest()}}
+
+
+def config_record(cfg: BaseModel) -> dict:
+    """A config as JSON-safe data (for config.yaml, resume checks): tensors become
+    ``tensor_record``s."""
+    def fallback(value):
+        if hasattr(value, "detach") and hasattr(value, "shape"):
+            return tensor_record(value)
+        raise TypeError(f"cannot record a {type(value).__name__} in a config file")
+
+    return cfg.model_dump(mode="json", fallback=fallback)
 
 
 def validation_errors(err: ValidationError, prefix: str = "") -> list[str]:

@@ -180,7 +180,9 @@ def test_interrupted_run_keeps_playable_partial_videos_only(tmp_path, monkeypatc
         return recache(self, *args)
 
     monkeypatch.setattr(TinyBackbone, "recache", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    from lrag_framework.outputs.run_dir import RunStopped
+
+    with pytest.raises(RunStopped, match="interrupted"):
         lrag_framework.run(small_config(tmp_path, output={"root": str(tmp_path / "runs"),
                                                           "name": "cut", "fps": 4}))
     videos = sorted((tmp_path / "runs" / "cut").rglob("*.mp4"))

@@ -149,12 +149,15 @@ class Pipeline:
     # ------------------------------------------------------------------------ the batch loop
 
     def generate(self, mode: str, streams: list[Stream] | None = None,
-                 video=None, on_frames: Callable[[int], None] | None = None) -> Generation:
+                 video=None, on_frames: Callable[[int], None] | None = None,
+                 state=None) -> Generation:
         """Generate ``streams`` (default: all) in batches of ``generation.batch_size``.
 
         ``video`` (``outputs.streaming.VideoStreams``) decodes and writes each finished block;
         its time is reported apart from generation's. ``on_frames(n)``: n more frames are done
-        (progress)."""
+        (progress). ``state`` (``outputs.resume.ModeState``): each block is saved as it
+        completes and each batch when it is finished; a finished batch is read back instead of
+        generated, an unfinished one resumes after its saved blocks (``Engine.generate(done=)``)."""
         import torch
 
         engine = Engine(self.backbone, self.embedder, self.retriever,
@@ -162,18 +165,37 @@ class Pipeline:
         streams = self.streams if streams is None else streams
         size = self.cfg.generation.batch_size
         parts, logs, seconds, memory = [], [], {}, {}
+        resumed = {"batches_kept": 0, "blocks_fed_back": 0, "frames_fed_back": 0,
+                        "feed_back_seconds": 0.0}
         start = time.perf_counter()
         for first in range(0, len(streams), size):
             batch = streams[first:first + size]
             ids = [s.index for s in batch]
+            saved = state.blocks(ids) if state is not None else []
+            kept_log = state.batch_done(ids) if state is not None else None
+            if kept_log is not None:  # finished by the interrupted run
+                parts.append(self._kept_batch(ids, saved, video, on_frames))
+                logs += kept_log
+                resumed["batches_kept"] += 1
+                continue
+            done = torch.cat(saved, dim=1) if saved else None
+            n_done = 0 if done is None else done.shape[1]
             cond = self.backbone.encode_conditioning(
                 [self.cfg.conditionings[s.conditioning] for s in batch], self.num_frames)
-            done = [0]
+            progress = {"end": 0, "t": time.perf_counter()}
 
-            def on_block(end, clean, done=done, n=len(batch)):
+            def on_block(end, clean, progress=progress, n=len(batch), n_done=n_done, ids=ids):
                 if on_frames:
-                    on_frames((end - done[0]) * n)
-                done[0] = end
+                    on_frames((end - progress["end"]) * n)
+                if state is not None and end > n_done:
+                    state.save_block(ids, progress["end"], clean)
+                if end <= n_done:
+                    resumed["blocks_fed_back"] += 1
+                    resumed["frames_fed_back"] += (end - progress["end"]) * n
+                    resumed["feed_back_seconds"] = round(
+                        resumed["feed_back_seconds"] + time.perf_counter() - progress["t"],
+                        4)
+                progress["end"], progress["t"] = end, time.perf_counter()
                 if video is not None:
                     video.append(clean)
 
@@ -182,19 +204,38 @@ class Pipeline:
                     cond, [stream_generator(s.seed, s.index) for s in batch], self.num_frames,
                     prefix=None if self.prefix is None else self.prefix[ids],
                     initial_noise=None if self.initial_noise is None else self.initial_noise[ids],
-                    on_block=on_block)
+                    on_block=on_block, done=done)
             parts.append(out.latents)
             for entry in out.log:
                 entry["streams"] = ids
             logs += out.log
+            if state is not None:
+                state.finish_batch(ids, out.log)
             seconds = {k: seconds.get(k, 0.0) + v for k, v in out.timings.items()}
             memory = out.memory
-        seconds["total"] = time.perf_counter() - start - seconds["memory_setup"]  # apart
+        seconds["total"] = time.perf_counter() - start - seconds.get("memory_setup", 0.0)
         if video is not None:
             seconds["total"] -= video.seconds
             seconds["decode_write"] = video.seconds
             seconds["first_frame"] = video.first_frame_seconds
-        return Generation(torch.cat(parts), logs, seconds, memory)
+        return Generation(torch.cat(parts), logs, seconds, memory, resumed)
+
+    def _kept_batch(self, ids: list[int], blocks: list, video, on_frames) -> Tensor:
+        """The latents [B, T, C, H, W] of a batch an interrupted run finished; its pixels are
+        decoded again when the run keeps pixels (its videos are already complete)."""
+        import torch
+
+        latents = torch.cat(blocks, dim=1)
+        if latents.shape[1] != self.num_frames:
+            raise ConfigError([f"resume: batch {ids} is marked finished but holds "
+                               f"{latents.shape[1]} of {self.num_frames} frames"])
+        if video is not None and video.keep_pixels:
+            with video.batch(ids, write=False):
+                for block in blocks:
+                    video.append(block)
+        if on_frames:
+            on_frames(latents.shape[0] * latents.shape[1])
+        return latents.float()
 
     # ------------------------------------------------------------------------ teardown
 
