@@ -10,6 +10,7 @@ only when complete (``files``).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -65,8 +66,34 @@ def run(config=None, overrides: list[str] = (), prefix: Tensor | None = None,
     if resume is not None:
         return _resume(Path(resume), config, overrides, prefix, initial_noise, progress)
     cfg = load_config(config, overrides)
+    output_errors(cfg)
     with Pipeline(cfg).setup(prefix, initial_noise) as pipe:
         return RunWriter(pipe, request(cfg, pipe)).write(progress)
+
+
+def check_run(config=None, overrides: list[str] = ()) -> RunConfig:
+    """Every check ``run`` makes before generating (``Pipeline.check`` plus the output folder),
+    without the warm-up and without writing anything; returns the config as a run resolves it."""
+    cfg = load_config(config, overrides)
+    with Pipeline(cfg) as pipe:
+        pipe.check()
+        output_errors(pipe.cfg)
+        return pipe.cfg
+
+
+def output_errors(cfg: RunConfig) -> None:
+    """The run directory could be created: its nearest existing ancestor is a writable folder
+    and an explicit ``output.name`` is free. Raises ConfigError."""
+    root = Path(cfg.output.root)
+    if cfg.output.name and (root / cfg.output.name).exists():
+        raise ConfigError([f"output.name: run directory {root / cfg.output.name} exists; runs "
+                           f"are never overwritten: choose another output.name"])
+    at = root
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    if not at.is_dir() or not os.access(at, os.W_OK | os.X_OK):
+        what = "is not a folder" if not at.is_dir() else "is not writable"
+        raise ConfigError([f"output.root: cannot create {root}: {at} {what}"])
 
 
 def request(cfg: RunConfig, pipe: Pipeline) -> dict:
@@ -115,11 +142,7 @@ def run_dir_for(cfg: RunConfig) -> Path:
     """A new directory under ``output.root``: ``output.name``, or timestamp + config name."""
     root = Path(cfg.output.root)
     if cfg.output.name:
-        name = cfg.output.name
-        if Path(name).name != name or name in (".", ".."):
-            raise ConfigError([f"output.name: {name!r} must be a plain folder name (it is "
-                               f"created inside output.root)"])
-        path = root / name
+        path = root / cfg.output.name  # a plain folder name (OutputConfig)
         if path.exists():
             raise ConfigError([f"output.name: run directory {path} exists; runs are never "
                                f"overwritten: choose another output.name"])
