@@ -77,16 +77,18 @@ def run_overrides(args) -> list[str]:
 
 
 def _run(args) -> int:
-    from .outputs.run_dir import RunStopped, run
+    from .outputs.run_dir import run, stop_message, stopped_run
 
     try:
         result = run(args.config, run_overrides(args), progress=_progress, resume=args.resume)
-    except RunStopped as err:
-        _error(err)
-        return INTERRUPTED if err.interrupted else FAILED
-    except KeyboardInterrupt:
-        _error("interrupted before the first block; nothing was kept")
-        return INTERRUPTED
+    except BaseException as err:  # noqa: BLE001 - a stop after the first block: one line
+        if stopped_run(err) is None:
+            if isinstance(err, KeyboardInterrupt):
+                _error("interrupted before the first block; nothing was kept")
+                return INTERRUPTED
+            raise
+        _error(stop_message(err))
+        return INTERRUPTED if isinstance(err, KeyboardInterrupt) else FAILED
     if result.already_complete:
         print(f"{result.run_dir} is already complete: nothing to resume")
         return OK

@@ -7,7 +7,7 @@ import torch
 import lrag_framework
 from lrag_framework import cli
 from lrag_framework.config import ConfigError
-from lrag_framework.outputs.run_dir import RunStopped
+from lrag_framework.outputs.run_dir import stopped_run
 from test_run import small_config
 
 WARM_UP = 3  # recache calls of the warm-up (window 6, blocks of 3: 3 blocks)
@@ -61,9 +61,9 @@ def same_outputs(full, resumed):
 def test_kill_mid_block_then_resume_is_bitwise(tmp_path, monkeypatch, method, call):
     full = lrag_framework.run(config(tmp_path), ["output.name=full"])
     restore = stop_at(monkeypatch, method, call)
-    with pytest.raises(RunStopped) as stopped:
+    with pytest.raises(KeyboardInterrupt) as stopped:
         lrag_framework.run(config(tmp_path), ["output.name=cut"])
-    assert stopped.value.interrupted
+    assert stopped_run(stopped.value) == tmp_path / "runs" / "cut"
     restore()
     cut = tmp_path / "runs" / "cut"
     kept = files_of(cut)
@@ -83,7 +83,7 @@ def test_finished_batch_is_kept_and_the_next_resumed(tmp_path, monkeypatch):
     overrides = ["generation.batch_size=1"]
     full = lrag_framework.run(cfg, overrides + ["output.name=full"])
     restore = stop_at(monkeypatch, "recache", WARM_UP + 8 + 5)  # stream 1, 5th block
-    with pytest.raises(RunStopped):
+    with pytest.raises(KeyboardInterrupt):
         lrag_framework.run(cfg, overrides + ["output.name=cut"])
     restore()
     resumed = lrag_framework.run(cfg, overrides + ["output.name=cut"],
@@ -101,7 +101,7 @@ def test_resume_keeps_the_block_starts_of_a_prefix(tmp_path, monkeypatch):
                  output={"root": str(tmp_path / "runs"), "video": False, "save_latents": False})
     full = lrag_framework.run(cfg, ["output.name=full"])  # blocks 0, 3, 4, 7, ...
     restore = stop_at(monkeypatch, "recache", WARM_UP + 5)
-    with pytest.raises(RunStopped):
+    with pytest.raises(KeyboardInterrupt):
         lrag_framework.run(cfg, ["output.name=cut"])
     restore()
     resumed = lrag_framework.run(resume=tmp_path / "runs" / "cut")
@@ -112,7 +112,7 @@ def test_resume_keeps_the_block_starts_of_a_prefix(tmp_path, monkeypatch):
 
 def test_changed_config_or_overrides_are_refused(tmp_path, monkeypatch):
     restore = stop_at(monkeypatch, "recache", WARM_UP + 4)
-    with pytest.raises(RunStopped):
+    with pytest.raises(KeyboardInterrupt):
         lrag_framework.run(config(tmp_path), ["output.name=cut"])
     restore()
     cut = tmp_path / "runs" / "cut"
@@ -174,7 +174,7 @@ def test_failure_before_first_block_leaves_no_run_dir(tmp_path, monkeypatch, cap
 
 def test_summary_json_of_a_resumed_run_names_what_was_resumed(tmp_path, monkeypatch):
     restore = stop_at(monkeypatch, "recache", WARM_UP + 2)
-    with pytest.raises(RunStopped):
+    with pytest.raises(KeyboardInterrupt):
         lrag_framework.run(config(tmp_path, output={"root": str(tmp_path / "runs"),
                                                     "name": "cut", "video": False}))
     restore()

@@ -41,15 +41,19 @@ class RunResult:
     already_complete: bool = False  # a resume found nothing left to do
 
 
-class RunStopped(Exception):
-    """A run stopped after its first block: its partial outputs and resumable state are kept in
-    ``run_dir`` (``lrag run --resume RUN_DIR`` finishes it). ``__cause__``: what stopped it."""
+def stopped_run(err: BaseException) -> Path | None:
+    """The run directory a run kept when ``err`` stopped it after its first block (its
+    partial outputs and resumable state: ``lrag run --resume``), else None."""
+    return getattr(err, "lrag_run_dir", None)
 
-    def __init__(self, run_dir: Path, cause: BaseException):
-        self.run_dir, self.interrupted = run_dir, isinstance(cause, KeyboardInterrupt)
-        what = "interrupted" if self.interrupted else f"failed: {type(cause).__name__}: {cause}"
-        super().__init__(f"run {what}; kept {run_dir} (complete files, playable .partial "
-                         f"videos, the blocks done so far): lrag run --resume {run_dir}")
+
+def stop_message(err: BaseException) -> str:
+    """One line: what stopped the run, what was kept, how to resume."""
+    run_dir = stopped_run(err)
+    what = ("interrupted" if isinstance(err, KeyboardInterrupt)
+            else f"failed: {type(err).__name__}: {' '.join(str(err).split())}")
+    return (f"run {what}; kept {run_dir} (complete files, playable .partial videos, the blocks "
+            f"done so far): lrag run --resume {run_dir}")
 
 
 def run(config=None, overrides: list[str] = (), prefix: Tensor | None = None,
@@ -61,8 +65,9 @@ def run(config=None, overrides: list[str] = (), prefix: Tensor | None = None,
     [S, T, C, H, W]: replaces each block's drawn initial noise. ``resume``: finish the
     interrupted run in this directory (``config``/``overrides``, if given, must be the run's).
 
-    Raises ConfigError (and the other bad-input errors) before the run directory exists, and
-    ``RunStopped`` when the run stops after its first block (also on KeyboardInterrupt)."""
+    Raises ConfigError (and the other bad-input errors) before the run directory exists. An
+    error after the first block (KeyboardInterrupt too) propagates as it is, with the kept run
+    directory in its notes and in ``stopped_run(err)``."""
     if resume is not None:
         return _resume(Path(resume), config, overrides, prefix, initial_noise, progress)
     cfg = load_config(config, overrides)
@@ -169,7 +174,7 @@ class RunWriter:
 
     def write(self, progress: Progress | None = None) -> RunResult:
         """The run's files; a stop before the first saved block removes the new run
-        directory, a later one keeps it resumable (``RunStopped``)."""
+        directory, a later one keeps it resumable (``stopped_run``)."""
         resuming = self.state is not None
         if not resuming:
             run_dir = run_dir_for(self.cfg)
@@ -184,7 +189,9 @@ class RunWriter:
             if not resuming and not self.state.has_blocks():
                 shutil.rmtree(run_dir, ignore_errors=True)
                 raise
-            raise RunStopped(run_dir, err) from err
+            err.lrag_run_dir = run_dir
+            err.add_note(stop_message(err))
+            raise
         self.state.clear()
         return result
 
