@@ -74,25 +74,42 @@ def run_overrides(args) -> list[str]:
     """``--set`` plus the shorthands ``--compare``, ``--prompt``, ``--image``, ``--video``."""
     extra = ["compare=true"] if args.compare else []
     if args.prompt:
-        extra.append(f"conditionings={json.dumps(list(args.prompt))}")
+        extra.append(f"conditionings={json.dumps(list(args.prompt), ensure_ascii=False)}")
     if args.image or args.video:
         source = {"source": "image", "path": args.image} if args.image else \
             {"source": "video", "path": args.video}
-        extra.append(f"prefix={json.dumps(source)}")
+        extra.append(f"prefix={json.dumps(source, ensure_ascii=False)}")
     return list(args.set) + extra
 
 
 def _run(args) -> int:
     from .distributed import world_from_env
-    from .outputs.run_dir import run
+    from .outputs.run_dir import run, stop_message, stopped_run
+    from .outputs.suite_dir import is_suite_dir
 
-    if args.prompts or args.resume:
+    if args.prompts or (args.resume and is_suite_dir(args.resume)):
         return _suite(args)
-
     if world_from_env().size > 1:
         raise _config_error("under torchrun, lrag run shards a suite: give --prompts FILE")
-    result = run(args.config, run_overrides(args), progress=_progress)
+    try:
+        result = run(args.config, run_overrides(args), progress=_progress, resume=args.resume)
+    except BaseException as err:  # noqa: BLE001 - a stop after the first block: one line
+        if stopped_run(err) is None:
+            if isinstance(err, KeyboardInterrupt):
+                _error("interrupted before the first block; nothing was kept")
+                return INTERRUPTED
+            raise
+        _error(stop_message(err))
+        return INTERRUPTED if isinstance(err, KeyboardInterrupt) else FAILED
+    if result.already_complete:
+        print(f"{result.run_dir} is already complete: nothing to resume")
+        return OK
     print(format_summary(result.summary))
+    for mode, what in result.summary.get("resumed", {}).items():
+        print(f"resumed {mode}: " + ("kept (finished before)" if what == "kept" else
+                                     f"{what['batches_kept']} batches kept, "
+                                     f"{what['blocks_fed_back']} saved blocks fed back in "
+                                     f"{what['feed_back_seconds']:.2f} s"))
     print(f"run directory: {result.run_dir}")
     return OK
 
@@ -148,10 +165,37 @@ def _suite_device(args) -> str:
     return str(apply_overrides(read_config(source), run_overrides(args)).get("device", "auto"))
 
 
-def _validate(args) -> int:
-    from .config import load_config
+def config_kind(source) -> str:
+    """``run``, ``collect-latents`` or ``train-embedder``, from a config's top-level keys."""
+    from .config import read_config
 
-    cfg = load_config(args.config, args.set)
+    keys = set(read_config(source)) if source is not None else set()
+    if {"corpus", "losses"} & keys:
+        return "train-embedder"
+    if {"out_dir", "shard_size"} & keys or ("run" in keys and "backbone" not in keys):
+        return "collect-latents"
+    return "run"
+
+
+def _validate(args) -> int:
+    """Every check its command makes before starting (docs/resume.md, "lrag validate")."""
+    kind = args.kind or config_kind(args.config)
+    if kind == "train-embedder":
+        from .training.trainer import load_train_config
+
+        cfg = load_train_config(args.config, args.set)
+        print(f"{args.config}: ok (train-embedder: {cfg.embedder.name}, "
+              f"{len(cfg.losses)} losses)")
+        return OK
+    if kind == "collect-latents":
+        from .training.corpus import load_corpus_config
+
+        load_corpus_config(args.config, args.set)
+        print(f"{args.config}: ok (collect-latents)")
+        return OK
+    from .outputs.run_dir import check_run
+
+    cfg = check_run(args.config, run_overrides(args))
     print(f"{args.config}: ok ({cfg.backbone.name}, {len(cfg.conditionings)} conditionings, "
           f"{cfg.generation.num_frames} frames)")
     return OK
@@ -229,22 +273,31 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config field (dotted key, YAML value); repeatable")
         return p
 
-    p = with_config("run", "generate videos (no config: the built-in default)", required=False)
-    p.add_argument("--compare", action="store_true",
-                   help="run native and retrieval on the same noise, side by side")
-    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
-                   help="a text prompt (one video each; repeatable): replaces conditionings")
+    def with_run_shorthands(p):
+        p.add_argument("--compare", action="store_true",
+                       help="run native and retrieval on the same noise, side by side")
+        p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                       help="a text prompt (one video each; repeatable): replaces conditionings")
+        start = p.add_mutually_exclusive_group()
+        start.add_argument("--image", metavar="PATH", help="start every video from this image")
+        start.add_argument("--video", metavar="PATH", help="continue this video")
+        return p
+
+    p = with_run_shorthands(with_config("run", "generate videos (no config: the built-in "
+                                        "default)", required=False))
     p.add_argument("--prompts", metavar="FILE",
                    help="a prompt suite (text, one prompt a line, or a YAML/JSON list of "
                         "items; docs/suites.md): replaces conditionings; sharded under torchrun")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="finish an interrupted suite: complete videos are skipped")
-    start = p.add_mutually_exclusive_group()
-    start.add_argument("--image", metavar="PATH", help="start every video from this image")
-    start.add_argument("--video", metavar="PATH", help="continue this video")
+                   help="finish an interrupted run (a config or --set, if given, must be the "
+                   "run's; docs/resume.md) or suite (complete videos skipped; docs/suites.md)")
     p.set_defaults(func=_run)
-    with_config("validate", "report every error of a run config at once").set_defaults(
-        func=_validate)
+    p = with_run_shorthands(with_config(
+        "validate", "run every check of a run, collect-latents or train-embedder config "
+        "without running it (no config: the built-in default)", required=False))
+    p.add_argument("--kind", choices=["run", "collect-latents", "train-embedder"],
+                   help="default: from the config's keys")
+    p.set_defaults(func=_validate)
     p = sub.add_parser("plugins", help="list components by kind and broken plugins")
     p.add_argument("--json", action="store_true")
     p.add_argument("--kind", choices=["backbone", "retriever", "embedder", "loss"])
@@ -271,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except KeyboardInterrupt:
-        _error("interrupted; complete files were kept, partial ones carry .partial in their name")
+        _error("interrupted; complete files were kept (checkpoints, shards), partial ones "
+               "carry .partial in their name")
         return INTERRUPTED
     except BrokenPipeError:  # the reader left (`lrag plugins | head -1`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit

@@ -6,13 +6,16 @@ params) into one ``ConfigError`` before anything is built.
 """
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 PLUGIN_SECTIONS = ("backbone", "embedder", "retriever")  # section name == plugin kind
 
@@ -26,7 +29,10 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys are errors; numbers are not read from booleans or strings (``k: true``
+    is an error, not k = 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ComponentConfig(Strict):
@@ -61,7 +67,7 @@ class GenerationConfig(Strict):
     positions: Literal["slots", "absolute"] = Field(
         "slots", description="temporal RoPE positions: cache slots (the LongLive-RAG model) or "
         "absolute frame indices (the public native pipelines); docs/architecture.md")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2 ** 63, description="noise seed (0 <= seed < 2**63)")
     batch_size: int = Field(4, ge=1, description="streams generated together")
 
 
@@ -92,7 +98,8 @@ class PrefixConfig(Strict):
 
 
 class MemoryConfig(Strict):
-    budget_gb: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+    budget_gb: Annotated[float, Field(gt=0, allow_inf_nan=False, strict=False)] | Literal[
+        "auto"] = Field(
         16.0, description="history K/V byte budget (all streams), or auto: storage and tier "
         "chosen so that every frame keeps its K/V (generation/budget.py; explicit storage/tier "
         "win), refused up front if no choice fits")
@@ -112,9 +119,23 @@ class OutputConfig(Strict):
     root: str = "runs"
     name: str | None = Field(None, description="run directory name; default: timestamp + name")
     video: bool = True
-    fps: int = Field(8, ge=1)
-    video_scale: int = Field(4, ge=1, description="nearest-neighbour upscale of small frames")
+    fps: int = Field(8, ge=1, le=240)
+    video_scale: int = Field(4, ge=1, le=64, description="nearest-neighbour upscale of small "
+                             "frames")
     save_latents: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name):
+        if name is None:
+            return name
+        if (not name or Path(name).name != name or name in (".", "..") or "\0" in name
+                or "/" in name or "\\" in name):
+            raise ValueError(f"{name[:60]!r} must be a plain folder name (it is created inside "
+                             f"output.root)")
+        if len(name.encode("utf-8", "surrogateescape")) > 255:
+            raise ValueError(f"{len(name)} characters: a folder name holds at most 255 bytes")
+        return name
 
 
 class RunConfig(Strict):
@@ -146,6 +167,27 @@ class RunConfig(Strict):
         return self
 
 
+class DuplicateKeyError(ValueError):
+    """A mapping in a YAML text names a key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKeyError(f"key {key!r} appears twice "
+                                        f"(line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` that refuses a key given twice (instead of keeping the last)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def default_config_dict() -> dict:
     """The built-in default run config (a data file resolved through the registry)."""
     text = resources.files("lrag_framework").joinpath("defaults/default.yaml").read_text()
@@ -157,16 +199,25 @@ def read_config(source: str | Path | dict | BaseModel | None) -> dict:
     if source is None:
         return default_config_dict()
     if isinstance(source, BaseModel):
-        return source.model_dump(mode="json")
+        return source.model_dump()
     if isinstance(source, dict):
         return dict(source)
+    if not isinstance(source, (str, Path)):
+        raise ConfigError([f"config: expected a path, a dict, a RunConfig or None, got "
+                           f"{type(source).__name__}"])
     path = Path(source)
     if not path.is_file():
         raise ConfigError([f"config file {path} not found"])
     try:
-        data = (json.loads if path.suffix == ".json" else yaml.safe_load)(path.read_text())
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        data = (json.loads if path.suffix == ".json" else load_yaml)(
+            path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: not UTF-8 text ({err.reason} at byte {err.start})"]) \
+            from None
+    except (yaml.YAMLError, json.JSONDecodeError, DuplicateKeyError) as err:
         raise ConfigError([f"{path}: cannot parse: {err}"]) from None
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read: {err.strerror or err}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: top level must be a mapping, got {type(data).__name__}"])
     return data
@@ -174,8 +225,11 @@ def read_config(source: str | Path | dict | BaseModel | None) -> dict:
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a nested dict copy."""
-    data = json.loads(json.dumps(data))
-    for item in overrides:
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError([f"overrides: expected a list of KEY=VALUE strings, got the string "
+                           f"{overrides!r}"])
+    data = copy.deepcopy(data)  # tensors in conditionings stay tensors
+    for item in list(overrides):
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError([f"--set {item!r}: expected KEY=VALUE"])
@@ -185,8 +239,33 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError([f"--set {item!r}: {part} is not a section"])
-        node[leaf] = yaml.safe_load(raw)
+        try:
+            node[leaf] = load_yaml(raw)
+        except (yaml.YAMLError, DuplicateKeyError) as err:
+            raise ConfigError([f"--set {item!r}: cannot parse the value: "
+                               f"{' '.join(str(err).split())}"]) from None
     return data
+
+
+def tensor_record(value) -> dict:
+    """What a config file records for a tensor value (a tensor conditioning): its shape, dtype
+    and the sha256 of its bytes."""
+    import torch
+
+    data = value.detach().cpu().contiguous().view(-1).view(torch.uint8)
+    return {"tensor": {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch."),
+                       "sha256": hashlib.sha256(data.numpy().tobytes()).hexdigest()}}
+
+
+def config_record(cfg: BaseModel) -> dict:
+    """A config as JSON-safe data (for config.yaml, resume checks): tensors become
+    ``tensor_record``s."""
+    def fallback(value):
+        if hasattr(value, "detach") and hasattr(value, "shape"):
+            return tensor_record(value)
+        raise TypeError(f"cannot record a {type(value).__name__} in a config file")
+
+    return cfg.model_dump(mode="json", fallback=fallback)
 
 
 def validation_errors(err: ValidationError, prefix: str = "") -> list[str]:
@@ -226,4 +305,4 @@ def validate(data: dict) -> RunConfig:
 
 
 def load_config(source=None, overrides: list[str] = ()) -> RunConfig:
-    return validate(apply_overrides(read_config(source), list(overrides)))
+    return validate(apply_overrides(read_config(source), overrides))

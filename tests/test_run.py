@@ -180,9 +180,12 @@ def test_interrupted_run_keeps_playable_partial_videos_only(tmp_path, monkeypatc
         return recache(self, *args)
 
     monkeypatch.setattr(TinyBackbone, "recache", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    from lrag_framework.outputs.run_dir import stopped_run
+
+    with pytest.raises(KeyboardInterrupt) as err:
         lrag_framework.run(small_config(tmp_path, output={"root": str(tmp_path / "runs"),
                                                           "name": "cut", "fps": 4}))
+    assert stopped_run(err.value) == tmp_path / "runs" / "cut"
     videos = sorted((tmp_path / "runs" / "cut").rglob("*.mp4"))
     assert [v.name for v in videos] == ["stream_000.partial.mp4", "stream_001.partial.mp4"]
     with av.open(str(videos[0])) as container:  # what was generated is on disk and plays

@@ -181,9 +181,21 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"generator": {"model.x": torch.zeros(1)}, "config": FlowSchedule(5.0)},
                tmp_path / "g.pt")
     with pytest.raises(CheckpointError,
-                       match=r"g\.pt: cannot read .*weights_only=True.*pickled object"):
+                       match=r"g\.pt: cannot read .*weights_only=True.*pickled object") as err:
         WanBackbone(SelfForcingParams(generator_ckpt=str(tmp_path / "g.pt"), use_ema=False,
                                       **SIZES))
+    for advice in ("weights_only=False", "add_safe_globals"):  # torch's advice: never repeated
+        assert advice not in str(err.value)
+
+
+def test_generator_safetensors_with_or_without_model_prefix(tmp_path):
+    from lrag_framework.files import write_tensors
+
+    state = {f"model.{k}": v for k, v in random_state(3).items()}
+    for name, s in (("prefixed", state), ("bare", {k[6:]: v for k, v in state.items()})):
+        write_tensors(tmp_path / f"{name}.safetensors", s)
+        WanBackbone(SelfForcingParams(generator_ckpt=str(tmp_path / f"{name}.safetensors"),
+                                      use_ema=True, **SIZES))
 
 
 # -- numerics against the public implementation -------------------------------------------------

@@ -58,6 +58,7 @@ class Generation:
     log: list[dict] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
+    resumed: dict = field(default_factory=dict)  # what a resume kept and fed back (Pipeline)
 
 
 class Engine:
@@ -76,17 +77,25 @@ class Engine:
 
     def generate(self, cond: Conditioning, generators: list[torch.Generator], num_frames: int,
                  prefix: Tensor | None = None, initial_noise: Tensor | None = None,
-                 on_block: Callable[[int, Tensor], None] | None = None) -> Generation:
+                 on_block: Callable[[int, Tensor], None] | None = None,
+                 done: Tensor | None = None) -> Generation:
         """Generate ``num_frames`` latent frames for ``len(generators)`` streams.
 
         ``prefix`` [B, P, C, H, W]: given clean frames that enter cache and history through the
         recache pass as if generated. ``initial_noise`` [B, T, C, H, W] replaces the drawn initial
         noise of each block (the per-step sampler noise is still drawn). ``on_block(end, clean)``
         is called after each block with its clean latents [B, F, C, H, W].
+
+        ``done`` [B, D, C, H, W] (resume): the first D frames of an interrupted run with the
+        same inputs, D one of its block ends. They are fed like a prefix (recache, index,
+        retrieval: cache, history and log come out as they were), the block starts stay those
+        of ``prefix``, and the noise their generated blocks drew is drawn again and discarded,
+        so the remaining blocks get the noise they would have got (bitwise the same latents).
         """
         spec, g = self.backbone.spec, self.g
         b, shape = len(generators), spec.latent_shape
         n_prefix = 0 if prefix is None else prefix.shape[1]
+        n_done = 0 if done is None else done.shape[1]
         if n_prefix > num_frames:
             raise ValueError(f"prefix of {n_prefix} frames is longer than num_frames {num_frames}")
         errors = g.position_errors(num_frames, spec.max_positions)
@@ -101,6 +110,8 @@ class Engine:
         ts = self.backbone.timesteps()
         starts = self._block_starts(num_frames, n_prefix)
         ends = starts[1:] + [num_frames]
+        if n_done and n_done not in ends:
+            raise ValueError(f"{n_done} done frames end no block (block ends {ends})")
         cond = cond.aligned(starts)
         switches = set(cond.switch_frames)
         segments = cond.segments(torch.arange(num_frames)).expand(b, -1)  # [B, T]
@@ -114,7 +125,11 @@ class Engine:
             with clock("plan_gather"):
                 prepared = self.backbone.prepare(self._context(memory, plan, start))
             with clock("denoise"):
-                if start < n_prefix:
+                if start < n_done:  # saved by the interrupted run, in its dtype
+                    clean = done[:, start:end].to(self.device)
+                    if start >= n_prefix:  # the noise this block drew, drawn again
+                        block_noise(generators, (end - start, *shape), len(ts))
+                elif start < n_prefix:
                     clean = prefix[:, start:end].to(self.device, torch.float32)
                 else:
                     init = None if initial_noise is None else initial_noise[:, start:end]

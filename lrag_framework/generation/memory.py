@@ -118,6 +118,25 @@ class FrameStore:
         return values, scale
 
 
+def check_budget(spec: BackboneSpec, streams: int, total_frames: int, min_frames: int,
+                 budget_bytes: float, policy: str, storage: str = "auto") -> int:
+    """The pool's capacity in frames per stream; MemoryBudgetError when the budget cannot hold
+    ``min_frames`` (window + block) or, with policy ``error``, every frame."""
+    per_frame = frame_bytes(spec, streams, storage)
+    need = total_frames * per_frame
+    capacity = min(total_frames, int(budget_bytes // per_frame))
+    gib = 2 ** 30
+    if need > budget_bytes and (policy == "error" or capacity < min_frames):
+        hint = ("raise memory.budget_gb, set memory.storage=float8 or memory.policy=thin"
+                if policy == "error" else "raise memory.budget_gb")
+        raise MemoryBudgetError(
+            f"history K/V of {total_frames} frames x {streams} streams needs "
+            f"{need / gib:.2f} GiB ({per_frame / 2**20:.1f} MiB per frame), over the "
+            f"budget of {budget_bytes / gib:.2f} GiB (policy {policy}, at least {min_frames} "
+            f"frames must fit): {hint}")
+    return capacity
+
+
 class KVMemory:
     def __init__(self, spec: BackboneSpec, streams: int, total_frames: int, min_frames: int,
                  budget_bytes: float, policy: str, device: torch.device, storage: str = "auto",
@@ -125,17 +144,8 @@ class KVMemory:
         """``min_frames``: frames that must fit (window + block), also the recent frames the
         device ring of tier ``cpu`` keeps besides the ``sink``."""
         self.frame_bytes = frame_bytes(spec, streams, storage)
-        need = total_frames * self.frame_bytes
-        capacity = min(total_frames, int(budget_bytes // self.frame_bytes))
-        gib = 2 ** 30
-        if need > budget_bytes and (policy == "error" or capacity < min_frames):
-            hint = ("raise memory.budget_gb, set memory.storage=float8 or memory.policy=thin"
-                    if policy == "error" else "raise memory.budget_gb")
-            raise MemoryBudgetError(
-                f"history K/V of {total_frames} frames x {streams} streams needs "
-                f"{need / gib:.2f} GiB ({self.frame_bytes / 2**20:.1f} MiB per frame), over the "
-                f"budget of {budget_bytes / gib:.2f} GiB (policy {policy}, at least {min_frames} "
-                f"frames must fit): {hint}")
+        capacity = check_budget(spec, streams, total_frames, min_frames, budget_bytes, policy,
+                                storage)
         self.capacity, self.policy, self.streams = capacity, policy, streams
         self.device, self.kv_dtype = torch.device(device), spec.kv_dtype
         fp8 = storage == "float8"

@@ -9,7 +9,10 @@ only when complete (``files``).
 """
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,11 +20,12 @@ from typing import Callable
 
 from torch import Tensor
 
-from ..config import ConfigError, RunConfig, load_config
-from ..files import write_json, write_jsonl, write_tensors, write_yaml
+from ..config import ConfigError, RunConfig, config_record, load_config
+from ..files import read_tensors, write_json, write_jsonl, write_tensors, write_yaml
 from ..generation.engine import Generation
 from ..generation.pipeline import Pipeline
 from ..generation.plan import Geometry
+from .resume import RunState, tensor_sha256
 from .streaming import VideoStreams
 
 # progress(mode, total frames) -> an object with update(n) and close(), e.g. tqdm
@@ -34,28 +38,116 @@ class RunResult:
     latents: dict[str, Tensor]  # mode ("retrieval" / "native") -> [S, T, C, H, W]
     summary: dict
     paths: dict[str, Path] = field(default_factory=dict)
+    already_complete: bool = False  # a resume found nothing left to do
 
 
-def run(config, overrides: list[str] = (), prefix: Tensor | None = None,
-        initial_noise: Tensor | None = None, progress: Progress | None = None) -> RunResult:
+def stopped_run(err: BaseException) -> Path | None:
+    """The run directory a run kept when ``err`` stopped it after its first block (its
+    partial outputs and resumable state: ``lrag run --resume``), else None."""
+    return getattr(err, "lrag_run_dir", None)
+
+
+def stop_message(err: BaseException) -> str:
+    """One line: what stopped the run, what was kept, how to resume."""
+    run_dir = stopped_run(err)
+    what = ("interrupted" if isinstance(err, KeyboardInterrupt)
+            else f"failed: {type(err).__name__}: {' '.join(str(err).split())}")
+    return (f"run {what}; kept {run_dir} (complete files, playable .partial videos, the blocks "
+            f"done so far): lrag run --resume {run_dir}")
+
+
+def run(config=None, overrides: list[str] = (), prefix: Tensor | None = None,
+        initial_noise: Tensor | None = None, progress: Progress | None = None,
+        resume: str | Path | None = None) -> RunResult:
     """Run a config (model, dict, YAML/JSON path, or None for the built-in default).
 
     ``prefix`` [S, P, C, H, W]: start latents (instead of ``config.prefix``); ``initial_noise``
-    [S, T, C, H, W]: replaces each block's drawn initial noise."""
+    [S, T, C, H, W]: replaces each block's drawn initial noise. ``resume``: finish the
+    interrupted run in this directory (``config``/``overrides``, if given, must be the run's).
+
+    Raises ConfigError (and the other bad-input errors) before the run directory exists. An
+    error after the first block (KeyboardInterrupt too) propagates as it is, with the kept run
+    directory in its notes and in ``stopped_run(err)``."""
+    if resume is not None:
+        return _resume(Path(resume), config, overrides, prefix, initial_noise, progress)
     cfg = load_config(config, overrides)
+    output_errors(cfg)
     with Pipeline(cfg).setup(prefix, initial_noise) as pipe:
-        return RunWriter(pipe).write(progress)
+        return RunWriter(pipe, request(cfg, pipe)).write(progress)
+
+
+def check_run(config=None, overrides: list[str] = ()) -> RunConfig:
+    """Every check ``run`` makes before generating (``Pipeline.check`` plus the output folder),
+    without the warm-up and without writing anything; returns the config as a run resolves it."""
+    cfg = load_config(config, overrides)
+    with Pipeline(cfg) as pipe:
+        pipe.check()
+        output_errors(pipe.cfg)
+        return pipe.cfg
+
+
+def output_errors(cfg: RunConfig) -> None:
+    """The run directory could be created: its nearest existing ancestor is a writable folder
+    and an explicit ``output.name`` is free. Raises ConfigError."""
+    root = Path(cfg.output.root)
+    if cfg.output.name and (root / cfg.output.name).exists():
+        raise ConfigError([f"output.name: run directory {root / cfg.output.name} exists; runs "
+                           f"are never overwritten: choose another output.name"])
+    at = root
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    if not at.is_dir() or not os.access(at, os.W_OK | os.X_OK):
+        what = "is not a folder" if not at.is_dir() else "is not writable"
+        raise ConfigError([f"output.root: cannot create {root}: {at} {what}"])
+
+
+def request(cfg: RunConfig, pipe: Pipeline) -> dict:
+    """What a resume must find unchanged: the config as validated and the start inputs."""
+    return {"config": config_record(cfg), "prefix_sha256": tensor_sha256(pipe.prefix),
+            "initial_noise_sha256": tensor_sha256(pipe.initial_noise),
+            "memory_resolved": pipe.memory_resolved}
+
+
+def _resume(run_dir: Path, config, overrides, prefix, initial_noise, progress) -> RunResult:
+    state = RunState(run_dir)
+    saved = state.read_request()
+    if state.complete:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        latents = {m: read_tensors(run_dir / m / "latents.safetensors")["latents"]
+                   for m in summary["modes"] if (run_dir / m / "latents.safetensors").is_file()}
+        return RunResult(run_dir, latents, summary, {"run_dir": run_dir}, already_complete=True)
+    given = config is not None or bool(overrides)
+    if given:
+        cfg = load_config(config, overrides)
+        state.check_same(saved, {"config": config_record(cfg), **_inputs(saved)})
+    elif "tensor" in str(saved["config"].get("conditionings")):
+        raise ConfigError([f"--resume: {run_dir} was run with tensor conditionings; pass the "
+                           f"same config to resume it"])
+    else:
+        cfg = load_config(saved["config"])
+    resolved = load_config(_read_yaml(run_dir / "config.yaml")).memory  # as the run resolved it
+    cfg = cfg.model_copy(update={"memory": resolved})
+    with Pipeline(cfg).setup(prefix, initial_noise) as pipe:
+        state.check_same(saved, {"config": saved["config"], **_inputs(request(cfg, pipe))})
+        pipe.memory_resolved = saved.get("memory_resolved")
+        return RunWriter(pipe, saved, state).write(progress)
+
+
+def _inputs(req: dict) -> dict:
+    return {k: req.get(k) for k in ("prefix_sha256", "initial_noise_sha256")}
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 def run_dir_for(cfg: RunConfig) -> Path:
     """A new directory under ``output.root``: ``output.name``, or timestamp + config name."""
     root = Path(cfg.output.root)
     if cfg.output.name:
-        name = cfg.output.name
-        if Path(name).name != name or name in (".", ".."):
-            raise ConfigError([f"output.name: {name!r} must be a plain folder name (it is "
-                               f"created inside output.root)"])
-        path = root / name
+        path = root / cfg.output.name  # a plain folder name (OutputConfig)
         if path.exists():
             raise ConfigError([f"output.name: run directory {path} exists; runs are never "
                                f"overwritten: choose another output.name"])
@@ -75,23 +167,49 @@ def run_dir_for(cfg: RunConfig) -> Path:
 class RunWriter:
     """Writes one set-up pipeline's modes into a new run directory."""
 
-    def __init__(self, pipe: Pipeline):
+    def __init__(self, pipe: Pipeline, request: dict, state: RunState | None = None):
         self.pipe, self.cfg = pipe, pipe.cfg  # the config as set up (memory auto resolved)
         self.keep_pixels = any(r is not None for r in pipe.references)
+        self.request, self.state = request, state  # state: resuming this run
 
     def write(self, progress: Progress | None = None) -> RunResult:
+        """The run's files; a stop before the first saved block removes the new run
+        directory, a later one keeps it resumable (``stopped_run``)."""
+        resuming = self.state is not None
+        if not resuming:
+            run_dir = run_dir_for(self.cfg)
+            self.state = RunState(run_dir)
+        run_dir = self.state.run_dir
+        try:
+            if not resuming:
+                write_yaml(run_dir / "config.yaml", config_record(self.cfg))
+                self.state.write_request(self.request)
+            result = self._write(run_dir, progress)
+        except BaseException as err:
+            if not resuming and not self.state.has_blocks():
+                shutil.rmtree(run_dir, ignore_errors=True)
+                raise
+            err.lrag_run_dir = run_dir
+            err.add_note(stop_message(err))
+            raise
+        self.state.clear()
+        return result
+
+    def _write(self, run_dir: Path, progress: Progress | None) -> RunResult:
         pipe, cfg = self.pipe, self.cfg
-        run_dir = run_dir_for(cfg)
-        write_yaml(run_dir / "config.yaml", cfg.model_dump(mode="json"))
-        latents, logs, pixels, summaries = {}, {}, {}, {}
+        latents, logs, pixels, summaries, resumed = {}, {}, {}, {}, {}
         paths = {"run_dir": run_dir}
         for mode in pipe.modes:
-            gen, video = self._generate(run_dir / mode, mode, progress)
+            state = self.state.mode(mode)
+            kept = state.mode_done()
+            gen, video = self._generate(run_dir / mode, mode, progress, state)
             latents[mode], logs[mode] = gen.latents, gen.log
-            summaries[mode] = mode_summary(pipe.geometry_of(mode), mode, gen)
+            summaries[mode] = kept or mode_summary(pipe.geometry_of(mode), mode, gen)
+            resumed[mode] = "kept" if kept else gen.resumed
             if self.keep_pixels:
                 pixels[mode] = video.stacked()
             paths |= self._write_mode(run_dir / mode, mode, gen)
+            state.finish_mode(summaries[mode])
         if len(pipe.modes) == 2 and cfg.output.video:
             paths |= self._compare_videos(run_dir)
         metrics, report_paths = self._report(run_dir, pixels, logs)
@@ -103,6 +221,9 @@ class RunWriter:
                    "setup_seconds": {"warm_up": round(pipe.warm_up_seconds, 3)}}
         if pipe.memory_resolved:
             summary["memory_resolved"] = pipe.memory_resolved
+        if any(r == "kept" or r.get("batches_kept") or r.get("blocks_fed_back")
+               for r in resumed.values()):
+            summary["resumed"] = resumed
         if len(pipe.modes) == 2:
             summary["retrieval_over_native_time"] = round(
                 summaries["retrieval"]["seconds"] / max(summaries["native"]["seconds"], 1e-9), 3)
@@ -112,17 +233,18 @@ class RunWriter:
         paths["summary"] = run_dir / "summary.json"
         return RunResult(run_dir, latents, summary, paths)
 
-    def _generate(self, folder: Path, mode: str, progress: Progress | None
+    def _generate(self, folder: Path, mode: str, progress: Progress | None, state
                   ) -> tuple[Generation, VideoStreams | None]:
         pipe, out = self.pipe, self.cfg.output
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
         video = None
         if out.video or self.keep_pixels:
             video = VideoStreams(pipe.backbone, pipe.device, folder if out.video else None,
                                  out.fps, out.video_scale, self.keep_pixels)
         bar = progress(mode, pipe.num_frames * len(pipe.streams)) if progress else None
         try:
-            gen = pipe.generate(mode, video=video, on_frames=bar.update if bar else None)
+            gen = pipe.generate(mode, video=video, on_frames=bar.update if bar else None,
+                                state=state)
         finally:
             if bar is not None:
                 bar.close()

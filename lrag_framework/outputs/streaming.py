@@ -33,15 +33,16 @@ class VideoStreams:
         self._batch = None
 
     @contextmanager
-    def batch(self, streams: list[int]):
-        """Open the decoder and the writers of one batch; an error inside keeps the partial,
+    def batch(self, streams: list[int], write: bool = True):
+        """Open the decoder and the writers of one batch (``write=False``: decode only, for the
+        kept pixels of a batch whose videos a resumed run already has); an error inside keeps the partial,
         playable files under their partial names (see ``StreamingVideoWriter``). Encoding and
         writing run on one background thread, in order, while the next block is generated; on
         CUDA the decoding too runs beside generation, on a side stream."""
         if self._started is None:
             self._started = time.perf_counter()
         with ExitStack() as stack:
-            writers = [] if self.directory is None else [
+            writers = [] if self.directory is None or not write else [
                 stack.enter_context(StreamingVideoWriter(
                     self.directory / f"{self.names.get(s, f'stream_{s:03d}')}.mp4", self.fps))
                 for s in streams]

@@ -152,24 +152,22 @@ def _world_clip(item: dict, num_frames: int):
 def load_weights(model: TinyDiT, path: str) -> None:
     """Load TinyDiT weights from safetensors (``builtin``: the shipped world model), reporting
     missing and unexpected keys and a size mismatch with the file's recorded params."""
-    import json
     from importlib import resources
 
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from lrag_framework.files import read_metadata, read_tensors
 
     if path == "builtin":
         path = str(resources.files("lrag_adapters.tiny").joinpath(BUILTIN_WEIGHTS))
     if not Path(path).is_file():
         raise FileNotFoundError(f"tiny backbone: weights file {path} not found")
-    with safe_open(path, "pt") as f:
-        recorded = json.loads((f.metadata() or {}).get("params", "{}"))
+    what = "TinyDiT weights (safetensors)"
+    recorded = read_metadata(path, what).get("params") or {}  # a broken file: CheckpointError
     sizes = {k: v for k, v in recorded.items() if k in model.cfg.__dataclass_fields__}
     wrong = {k: (v, getattr(model.cfg, k)) for k, v in sizes.items() if getattr(model.cfg, k) != v}
     if wrong:
         raise ValueError(f"tiny backbone: {path} was trained with other sizes "
                          f"(file, params): {wrong}")
-    state = load_file(path)
+    state = read_tensors(path, what=what)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"tiny backbone: {path} does not match the model: missing keys "

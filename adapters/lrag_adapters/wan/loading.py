@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lrag_framework.files import CheckpointError, state_mismatch, torch_load
+from lrag_framework.files import CheckpointError, read_state, state_mismatch, torch_load
 
 from .model import WanConfig, WanDiT
 from .presets import WAN_BASE_DOWNLOAD, WanParams
@@ -94,9 +94,11 @@ def base_state(folder: Path) -> dict[str, Tensor]:
 
 
 def _torch_load(path: Path, what: str, download: str) -> dict:
+    """A checkpoint as a dict: safetensors by suffix, else ``files.torch_load`` (tensors and
+    plain values only; a refusal never repeats torch's advice to disable that)."""
     if not path.is_file():
         raise _missing(path, what, download)
-    data = torch_load(path, what)
+    data = read_state(path, what) if path.suffix == ".safetensors" else torch_load(path, what)
     if not isinstance(data, dict):
         raise CheckpointError(f"wan: {path}: expected {what} (a dict), got {type(data).__name__}")
     return data
@@ -115,10 +117,17 @@ def generator_state(path: Path, use_ema: bool, download: str) -> dict[str, Tenso
     entry = "generator_ema" if use_ema else "generator"
     if entry not in data and "model" in data and not ({"generator", "generator_ema"} & set(data)):
         entry = "model"
+    if entry not in data and data and all(torch.is_tensor(v) for v in data.values()):
+        data = {entry: data}  # a bare state dict (safetensors), prefixed or not
     if entry not in data:
-        hint = " (set use_ema: false)" if use_ema else " (set use_ema: true)"
-        raise CheckpointError(f"wan: {path} has no {entry!r} entry; it has "
-                              f"{sorted(map(str, data))}{hint if data else ''}")
+        other = "generator" if use_ema else "generator_ema"
+        hint = f" (it has {other!r}: set use_ema: {str(not use_ema).lower()})" \
+            if other in data else ""
+        raise CheckpointError(
+            f"wan: {path} has no {entry!r} entry{hint}; found a dict with entries "
+            f"{sorted(map(str, data))[:8]}; expected the public .pt layout ('generator' / "
+            f"'generator_ema' entries) or a state dict of the DiT (keys with or without "
+            f"'model.')")
     state = {}
     for key, value in data[entry].items():
         key = clean_key(key)
