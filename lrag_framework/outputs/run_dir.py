@@ -280,12 +280,12 @@ class RunWriter:
         g = pipe.geometry
         if logs.get("retrieval"):
             plot_retrieval_heatmap(logs["retrieval"], pipe.num_frames,
-                                   run_dir / "retrieval_heatmap.png")
+                                   run_dir / "retrieval_heatmap.png", pipe.references, g)
             paths["retrieval_heatmap"] = run_dir / "retrieval_heatmap.png"
         refs, first = pipe.references, pipe.first_generated
-        metrics = evaluate(pixels, logs, refs, g.window, first) if pixels else None
+        metrics = evaluate(pixels, logs, refs, g, first) if pixels else None
         if metrics:
-            plot_error(metrics, refs, g.window, first, run_dir / "error.png")
+            plot_error(metrics, refs, g, first, run_dir / "error.png")
             write_json(run_dir / "metrics.json", metrics)
             paths["error_plot"], paths["metrics"] = run_dir / "error.png", run_dir / "metrics.json"
         return metrics, paths
