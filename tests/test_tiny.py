@@ -110,3 +110,77 @@ def test_shipped_model_continues_the_world_better_than_noise():
                               prefix=ref.latents[None, :12])
         scores[weights] = float(psnr(out.latents[0, 12:], ref.pixels[12:]).mean())
     assert scores["builtin"] > 14.0 and scores["builtin"] > scores[None] + 5, scores
+
+
+def _cached_planned_context(bb, ctx, actions, positions, n_ret, blocks):
+    """K/V of planned context frames [sink | retrieved | local blocks] through the backbone's
+    recache pass, each group with the context that ``planned_mask`` gives it (frame ids are
+    sequence indices); returns the Context of a block after them."""
+    from lrag_adapters.tiny.backbone import ActionConditioning
+
+    b = ctx.shape[0]
+    cond = ActionConditioning(actions)
+    kvs = torch.zeros(2, 2, b, 0, 16, 2, 16)
+    groups = [[0]] + [[1 + j] for j in range(n_ret)]
+    first = 1 + n_ret
+    for size in blocks:
+        groups.append(list(range(first, first + size)))
+        first += size
+    for group in groups:
+        visible = [0] if group[0] <= n_ret else list(range(kvs.shape[3]))
+        if group == [0]:
+            visible = []
+        idx = torch.tensor(visible, dtype=torch.long)
+        context = Context(kv=kvs[:, :, :, idx], frame_ids=idx.expand(b, -1),
+                          positions=positions[idx].expand(b, -1),
+                          roles=torch.full((b, len(visible)), 2), valid=torch.ones(
+                              b, len(visible), dtype=torch.bool), block_start=group[0],
+                          block_positions=positions[group].expand(b, -1))
+        kv = bb.recache(ctx[:, group], cond, bb.prepare(context))
+        kvs = torch.cat((kvs, kv), dim=3)
+    m = ctx.shape[1]
+    ids = torch.arange(m)
+    return cond, Context(kv=kvs, frame_ids=ids.expand(b, -1), positions=positions[:m].expand(
+        b, -1), roles=torch.full((b, m), 2), valid=torch.ones(b, m, dtype=torch.bool),
+        block_start=m, block_positions=positions[m:].expand(b, -1))
+
+
+@pytest.mark.parametrize("n_ret", [3, 0])
+def test_planned_context_forward_matches_cached_inference(n_ret):
+    """The planned-context training forward ([sink | retrieved | local | block] at the positions
+    ``plan_block`` gives) equals the engine's cached path: recache of the context frames, then
+    denoising the block in that context; the training rollout equals the backbone's sampler."""
+    from lrag_adapters.tiny.planned import layout, planned_mask, planned_velocity, rollout_block
+    from lrag_framework.generation.plan import Geometry
+
+    bb = TinyBackbone(P)
+    g = Geometry(3, P.window, P.sink, 3, 5, "fill")
+    positions, n_local, blocks = layout(g, n_ret)
+    assert n_local == 8 - n_ret and sum(blocks) == n_local and blocks[-1] == 3
+    if n_ret:
+        assert positions.tolist() == [0, 0, 0, 0, 4, 5, 6, 7, 8, 9, 10, 11]
+    torch.manual_seed(0)
+    b, m = 2, 1 + n_ret + n_local
+    ctx, block = torch.randn(b, m, 3, 16, 16), torch.randn(b, 3, 3, 16, 16)
+    actions, sigma = torch.randn(b, m + 3, 2), torch.tensor([0.75, 0.3])
+    mask = planned_mask(1, n_ret, blocks, 3)
+    seq = planned_velocity(bb.model, ctx, block, sigma, actions, positions, mask)
+    cond, context = _cached_planned_context(bb, ctx, actions, positions, n_ret, blocks)
+    prepared = bb.prepare(context)
+    torch.testing.assert_close(seq, bb.denoise(block, sigma * 1000, cond, prepared),
+                               rtol=1e-4, atol=1e-5)
+    rolled = rollout_block(bb.model, ctx, (3, 3, 16, 16), actions, positions, mask, P,
+                           torch.Generator().manual_seed(3))
+    gen, ts = torch.Generator().manual_seed(3), bb.timesteps()
+    x = torch.randn((b, 3, 3, 16, 16), generator=gen)
+    for i, t in enumerate(ts):
+        pred = bb.denoise(x, t.expand(b), cond, prepared)
+        t_next = ts[i + 1] if i + 1 < len(ts) else torch.zeros_like(t)
+        x = bb.sampler_step(x, pred, t, t_next, torch.randn(x.shape, generator=gen))
+    torch.testing.assert_close(rolled, x, rtol=1e-4, atol=1e-4)
+
+
+def test_backbone_leaves_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    TinyBackbone(P)
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -15,9 +15,14 @@ from lrag_framework.interfaces import Backbone, BackboneSpec, Conditioning, Cont
 
 from .model import TinyConfig, TinyDiT, apply_rope
 from .params import TinyParams
+from .sampling import sampler_step, sigmas
 
 
-BUILTIN_WEIGHTS = "tiny_world.safetensors"  # trained on the procedural world (docs/results.md)
+# Shipped weights, trained on the procedural world (docs/results.md): ``builtin`` the default
+# (trained on planned context and its own rollouts), ``builtin-contiguous`` the generator trained
+# on contiguous windows only (teacher forcing), the one the paper's method assumes.
+BUILTIN_WEIGHTS = {"builtin": "tiny_world.safetensors",
+                   "builtin-contiguous": "tiny_world_contiguous.safetensors"}
 
 
 @dataclass
@@ -42,8 +47,9 @@ class TinyBackbone(Backbone):
     def __init__(self, params: TinyParams):
         self.params = params
         self.cfg = TinyConfig.from_params(params)
-        torch.manual_seed(params.init_seed)
-        self.model = TinyDiT(self.cfg).eval().requires_grad_(False)
+        with torch.random.fork_rng(devices=[]):  # the init draws leave the global RNG untouched
+            torch.manual_seed(params.init_seed)
+            self.model = TinyDiT(self.cfg).eval().requires_grad_(False)
         if params.weights:
             load_weights(self.model, params.weights)
         self.device, self.dtype = torch.device("cpu"), torch.float32
@@ -92,16 +98,10 @@ class TinyBackbone(Backbone):
         return actions[:num_frames]
 
     def timesteps(self) -> Tensor:
-        s = torch.tensor(self.params.steps, dtype=torch.float64)
-        shift = self.params.shift
-        return (shift * s / (1 + (shift - 1) * s) * 1000).float()
+        return sigmas(self.params) * 1000
 
     def sampler_step(self, x, prediction, t, t_next, noise):
-        sigma, sigma_next = t / 1000, t_next / 1000
-        if self.params.sampler == "euler":
-            return x + (sigma_next - sigma) * prediction
-        x0 = x - sigma * prediction  # velocity v = noise - x0
-        return (1 - sigma_next) * x0 + sigma_next * noise
+        return sampler_step(x, prediction, t / 1000, t_next / 1000, noise, self.params.sampler)
 
     def prepare(self, context: Context) -> Prepared:
         b, n = context.valid.shape[0], self.cfg.tokens_per_frame
@@ -150,14 +150,14 @@ def _world_clip(item: dict, num_frames: int):
 
 
 def load_weights(model: TinyDiT, path: str) -> None:
-    """Load TinyDiT weights from safetensors (``builtin``: the shipped world model), reporting
+    """Load TinyDiT weights from safetensors (a name of ``BUILTIN_WEIGHTS``: shipped), reporting
     missing and unexpected keys and a size mismatch with the file's recorded params."""
     from importlib import resources
 
     from lrag_framework.files import read_metadata, read_tensors
 
-    if path == "builtin":
-        path = str(resources.files("lrag_adapters.tiny").joinpath(BUILTIN_WEIGHTS))
+    if path in BUILTIN_WEIGHTS:
+        path = str(resources.files("lrag_adapters.tiny").joinpath(BUILTIN_WEIGHTS[path]))
     if not Path(path).is_file():
         raise FileNotFoundError(f"tiny backbone: weights file {path} not found")
     what = "TinyDiT weights (safetensors)"

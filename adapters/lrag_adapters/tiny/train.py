@@ -1,11 +1,14 @@
-"""Train the tiny backbone on the procedural world with flow matching and teacher forcing.
+"""Train the tiny backbone on the procedural world with flow matching.
 
-Each training clip is ``[sink frame | window - 1 consecutive frames]`` (the sink comes from the
+Two kinds of steps, mixed by ``planned_prob``. Teacher forcing: each training clip is ``[sink frame | window - 1 consecutive frames]`` (the sink comes from the
 start of its video, possibly far earlier, as at inference once the cache rolls). Clean and noisy
 copies of the clip run as one sequence under a block-causal mask: clean frames attend to clean
 frames of their own and earlier blocks (the recache pass), noisy frames attend to clean frames of
 earlier blocks and to their own noisy block (a denoising pass). Every block draws its own noise
-level. Run in pieces: training stops after ``time_limit_minutes`` with a checkpoint and resumes
+level. Planned context (``planned.py``): one block per video in the context the planner gives at
+inference (sink + retrieved + local frames at their planned positions), retrieved frames chosen
+by ground-truth overlap or at random, the last local block optionally the model's own rollout.
+Run in pieces: training stops after ``time_limit_minutes`` with a checkpoint and resumes
 from it when started again.
 
     python -m lrag_adapters.tiny.train CONFIG.yaml [--set key=value ...]
@@ -17,6 +20,7 @@ import json
 import math
 import sys
 import time
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +30,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
+from lrag_framework.generation.plan import Geometry
+
 from .model import TinyConfig, TinyDiT
 from .params import TinyParams
+from .planned import planned_loss
+from .sampling import sigmas
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: TinyParams = TinyParams(weights=None)
+    init_weights: str | None = Field(None, description="start from these TinyDiT weights "
+                                     "(builtin: the shipped ones); null: random init")
     out_dir: str = "runs/train-tiny"
     videos: int = Field(512, ge=2)
     video_frames: int = Field(192, ge=16)
@@ -46,6 +56,17 @@ class TrainConfig(BaseModel):
     ema: float = 0.999
     context_noise: float = Field(0.1, ge=0, description="max noise added to clean context frames")
     sink_gap_prob: float = Field(0.5, ge=0, le=1)
+    revisit_fraction: float = Field(0.0, ge=0, le=1, description="share of training videos on "
+                                    "revisit paths (the rest: random walks)")
+    planned_prob: float = Field(0.0, ge=0, le=1, description="share of steps on planned context")
+    retrieved: int = Field(3, ge=0, description="retrieved frames of a planned step (fill)")
+    recency: int = Field(5, ge=0)
+    retrieved_prob: float = Field(0.8, ge=0, le=1, description="share of planned steps with "
+                                  "retrieved frames (the rest: native context)")
+    truth_prob: float = Field(0.75, ge=0, le=1, description="share of samples whose retrieved "
+                              "frames are the true best overlaps (the rest: random)")
+    rollout_prob: float = Field(0.5, ge=0, le=1, description="share of planned steps whose last "
+                                "local block is the model's own rollout")
     time_limit_minutes: float = 10.0
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -53,16 +74,23 @@ class TrainConfig(BaseModel):
     device: str = "auto"
 
 
-def render_corpus(cfg: TrainConfig, first_seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Videos of the procedural world: uint8 frames [n, T, 3, H, W], actions [n, T, A]."""
+def render_corpus(cfg: TrainConfig, first_seed: int, n: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Videos of the procedural world (the first ``revisit_fraction`` on revisit paths): uint8
+    frames [n, T, 3, H, W], actions [n, T, A], camera positions [n, T, 2] and the panorama
+    width."""
     from lrag_adapters.world import make_clip
 
-    frames, actions = [], []
-    for seed in range(first_seed, first_seed + n):
-        clip, act, _ = make_clip(seed, cfg.video_frames)
+    frames, actions, xy, width = [], [], [], 0
+    n_revisit = round(cfg.revisit_fraction * n)
+    for i, seed in enumerate(range(first_seed, first_seed + n)):
+        clip, act, truths = make_clip(seed, cfg.video_frames,
+                                      "revisit" if i < n_revisit else "walk")
         frames.append(torch.from_numpy(((clip + 1) * 127.5).round().astype(np.uint8)))
         actions.append(torch.from_numpy(act.astype(np.float32)))
-    return torch.stack(frames), torch.stack(actions)
+        xy.append(torch.tensor([(t.x, t.y) for t in truths], dtype=torch.long))
+        width = truths[0].width
+    return torch.stack(frames), torch.stack(actions), torch.stack(xy), width
 
 
 def teacher_forcing_mask(frames: int, block: int, device) -> torch.Tensor:
@@ -95,8 +123,7 @@ def flow_loss(model: TinyDiT, clip, actions, p: TinyParams, context_noise: float
     b, t = clip.shape[:2]
     dev = clip.device
     blocks = math.ceil(t / p.frames_per_block)
-    steps = torch.tensor(p.steps, device=dev)
-    steps = p.shift * steps / (1 + (p.shift - 1) * steps)
+    steps = sigmas(p).to(dev)
     discrete = steps[torch.randint(len(steps), (b, blocks), device=dev)]
     sigma = torch.where(torch.rand(b, blocks, device=dev) < 0.5, discrete,
                         torch.rand(b, blocks, device=dev))
@@ -140,7 +167,9 @@ def save_checkpoint(path: Path, model, ema, opt, step: int, cfg: TrainConfig) ->
     save_file({k: v.contiguous() for k, v in ema.state_dict().items()},
               str(tmp / "ema.safetensors"))
     tensors, meta = _flat_optimizer(opt)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "optimizer.safetensors"))
+    for part in ("exp_avg", "exp_avg_sq", "step"):  # one file per moment: each stays small
+        save_file({k: v.contiguous() for k, v in tensors.items() if k.split(".", 1)[1] == part},
+                  str(tmp / f"optimizer.{part}.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta,
                                                 "config": cfg.model_dump(mode="json")}))
     old = path.with_name(path.name + ".old")
@@ -163,55 +192,79 @@ def export_weights(ckpt: Path, dest: Path) -> None:
 
 
 def plot_log(log_path: Path, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = [json.loads(line) for line in log_path.read_text().splitlines()]
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(*zip(*train), lw=0.8, label="train")
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation")
+    fig = Figure(figsize=(6, 3.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for key, label in (("loss", "train, teacher forcing"), ("planned_loss", "train, planned "
+                       "context"), ("val_loss", "validation, teacher forcing")):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            ax.plot(*zip(*points), "o-" if key == "val_loss" else "-", lw=0.8, label=label)
     ax.set(xlabel="step", ylabel="flow-matching MSE", yscale="log", title="tiny backbone")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=120)
-    plt.close(fig)
 
 
-def train(cfg: TrainConfig) -> int:
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu")
+                        if name == "auto" else name)
+
+
+def train(cfg: TrainConfig, on_event: Callable[[str], None] | None = None) -> dict:
+    """Train (resuming from ``out_dir/checkpoint``), export the EMA weights and return
+    ``{step, steps, weights, finished}``. ``on_event`` receives progress messages; the global RNG
+    is left as it was."""
+    dev = _device(cfg.device)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        return _train(cfg, dev, on_event or (lambda message: None))
+
+
+def _load_checkpoint(ckpt: Path, model, ema, opt, dev) -> int:
+    state = json.loads((ckpt / "state.json").read_text())
+    model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(dev)))
+    ema.load_state_dict(load_file(str(ckpt / "ema.safetensors"), device=str(dev)))
+    tensors = {}
+    for part in ckpt.glob("optimizer.*.safetensors"):
+        tensors.update(load_file(str(part), device=str(dev)))
+    _load_optimizer(opt, tensors, state["optimizer"])
+    return state["step"]
+
+
+def _train(cfg: TrainConfig, dev: torch.device, on_event: Callable[[str], None]) -> dict:
     from tqdm import tqdm
 
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                       if cfg.device == "auto" else cfg.device)
+    from .backbone import load_weights
+
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     p = cfg.model
-    torch.manual_seed(cfg.seed)
-    model = TinyDiT(TinyConfig.from_params(p)).to(dev)
+    model = TinyDiT(TinyConfig.from_params(p))
+    if cfg.init_weights:
+        load_weights(model, cfg.init_weights)
+    model.to(dev)
     ema = TinyDiT(model.cfg).to(dev).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, ckpt = 0, out / "checkpoint"
     if (ckpt / "state.json").exists():
-        state = json.loads((ckpt / "state.json").read_text())
-        model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(dev)))
-        ema.load_state_dict(load_file(str(ckpt / "ema.safetensors"), device=str(dev)))
-        _load_optimizer(opt, load_file(str(ckpt / "optimizer.safetensors"), device=str(dev)),
-                        state["optimizer"])
-        step = state["step"]
-        print(f"resumed from {ckpt} at step {step}", file=sys.stderr)
+        step = _load_checkpoint(ckpt, model, ema, opt, dev)
+        on_event(f"resumed from {ckpt} at step {step}")
     t0 = time.time()
-    frames, actions = render_corpus(cfg, cfg.seed * 100_000, cfg.videos)
-    val_frames, val_actions = render_corpus(cfg, cfg.seed * 100_000 + cfg.videos, cfg.val_videos)
-    frames, actions = frames.to(dev), actions.to(dev)
+    frames, actions, xy, width = render_corpus(cfg, cfg.seed * 100_000, cfg.videos)
+    val_frames, val_actions, _, _ = render_corpus(cfg, cfg.seed * 100_000 + cfg.videos,
+                                                  cfg.val_videos)
+    frames, actions, xy = frames.to(dev), actions.to(dev), xy.to(dev)
     val_frames, val_actions = val_frames.to(dev), val_actions.to(dev)
-    print(f"rendered {cfg.videos}+{cfg.val_videos} videos in {time.time() - t0:.1f}s",
-          file=sys.stderr)
+    on_event(f"rendered {cfg.videos}+{cfg.val_videos} videos in {time.time() - t0:.1f}s")
+    g = Geometry(p.frames_per_block, p.window, p.sink, cfg.retrieved, cfg.recency, "fill")
     gen = torch.Generator().manual_seed(cfg.seed + step)
+    dgen = torch.Generator(device=dev).manual_seed(cfg.seed + step + 1)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     log = (out / "log.jsonl").open("a")
     start, bar = time.time(), tqdm(initial=step, total=cfg.steps, desc="train tiny")
@@ -220,9 +273,19 @@ def train(cfg: TrainConfig) -> int:
             1 + math.cos(math.pi * step / cfg.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        clip, act = sample_clips(frames, actions, cfg.batch_size, p.window, cfg.sink_gap_prob, gen)
+        draws = torch.rand(3, generator=gen).tolist()
+        planned = draws[0] < cfg.planned_prob
         with amp:
-            loss = flow_loss(model, clip, act, p, cfg.context_noise)
+            if planned:
+                vid = torch.randint(len(frames), (cfg.batch_size,), generator=gen).to(dev)
+                n_ret = cfg.retrieved if draws[1] < cfg.retrieved_prob else 0
+                loss = planned_loss(model, frames[vid], actions[vid], xy[vid], g, p, n_ret,
+                                    draws[2] < cfg.rollout_prob, cfg.truth_prob,
+                                    cfg.context_noise, width, dgen)
+            else:
+                clip, act = sample_clips(frames, actions, cfg.batch_size, p.window,
+                                         cfg.sink_gap_prob, gen)
+                loss = flow_loss(model, clip, act, p, cfg.context_noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -233,8 +296,8 @@ def train(cfg: TrainConfig) -> int:
         step += 1
         bar.update()
         if step % cfg.log_every == 0:
-            row = {"step": step, "loss": float(loss.detach()), "lr": lr,
-                   "seconds": time.time() - start}
+            row = {"step": step, "planned_loss" if planned else "loss": float(loss.detach()),
+                   "lr": lr, "seconds": time.time() - start}
             if step % (cfg.log_every * 10) == 0:
                 row["val_loss"] = validate(ema, val_frames, val_actions, cfg)
             log.write(json.dumps(row) + "\n")
@@ -248,9 +311,8 @@ def train(cfg: TrainConfig) -> int:
     log.close()
     plot_log(out / "log.jsonl", out / "loss.png")
     export_weights(ckpt, out / "tiny_world.safetensors")
-    print(f"step {step}/{cfg.steps}; weights: {out / 'tiny_world.safetensors'}"
-          + ("" if step >= cfg.steps else " (time limit: run again to resume)"))
-    return 0
+    return {"step": step, "steps": cfg.steps, "weights": str(out / "tiny_world.safetensors"),
+            "finished": step >= cfg.steps}
 
 
 @torch.no_grad()
@@ -272,7 +334,11 @@ def main(argv: list[str] | None = None) -> int:
     from lrag_framework.config import apply_overrides
 
     data = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    return train(TrainConfig.model_validate(apply_overrides(data, args.set)))
+    result = train(TrainConfig.model_validate(apply_overrides(data, args.set)),
+                   lambda message: print(message, file=sys.stderr))
+    print(f"step {result['step']}/{result['steps']}; weights: {result['weights']}"
+          + ("" if result["finished"] else " (time limit: run again to resume)"))
+    return 0
 
 
 if __name__ == "__main__":
