@@ -78,19 +78,27 @@ def test_bad_actions_are_reported():
         bb.encode_conditioning([[[0.0, 1.0]] * 4], 9)
 
 
-def test_shipped_world_weights_load_by_default():
-    from safetensors.torch import load_file
+@pytest.mark.parametrize("name", ["builtin", "builtin-contiguous"])
+def test_shipped_world_weights_load(name):
     from importlib import resources
 
-    bb = TinyBackbone(TinyParams())
-    path = resources.files("lrag_adapters.tiny").joinpath("tiny_world.safetensors")
-    shipped = load_file(str(path))
+    from safetensors.torch import load_file
+
+    from lrag_adapters.tiny.backbone import BUILTIN_WEIGHTS
+
+    bb = TinyBackbone(TinyParams(weights=name))
+    folder = resources.files("lrag_adapters.tiny")
+    shipped = load_file(str(folder.joinpath(BUILTIN_WEIGHTS[name])))
     assert shipped.keys() == bb.model.state_dict().keys()
     for k, v in bb.model.state_dict().items():
         assert torch.equal(v, shipped[k].float()), k
-    assert path.stat().st_size < 8 * 2 ** 20  # a few MB, shipped inside the package
+    assert sum(folder.joinpath(f).stat().st_size for f in BUILTIN_WEIGHTS.values()) <= 20e6
     with pytest.raises(ValueError, match="other sizes.*dim"):
-        TinyBackbone(TinyParams(dim=96, heads=3))
+        TinyBackbone(TinyParams(dim=96, heads=3, weights=name))
+
+
+def test_default_weights_are_builtin():
+    assert TinyParams().weights == "builtin"
 
 
 def test_shipped_model_continues_the_world_better_than_noise():
