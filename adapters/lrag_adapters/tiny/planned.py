@@ -121,7 +121,8 @@ def planned_loss(model: TinyDiT, frames: Tensor, actions: Tensor, xy: Tensor, g:
     positions, n_local, blocks = layout(g, n_ret)
     positions = positions.to(dev)
     lowest = g.sink + g.cache + g.recency + n_ret  # the first start with n_ret eligible frames
-    start = torch.randint(max(lowest, g.sink + n_local), t - g.block + 1, (b,), generator=gen, device=dev)
+    start = torch.randint(max(lowest, g.sink + n_local), t - g.block + 1, (b,), generator=gen,
+                          device=dev)
     truth = torch.rand(b, generator=gen, device=dev) < truth_prob
     ret = (pick_retrieved(xy, start, g, n_ret, width, p.height, truth, gen) if n_ret
            else torch.zeros(b, 0, dtype=torch.long, device=dev))

@@ -1,7 +1,7 @@
 """Train the tiny backbone on the procedural world with flow matching.
 
-Two kinds of steps, mixed by ``planned_prob``. Teacher forcing: each training clip is ``[sink frame | window - 1 consecutive frames]`` (the sink comes from the
-start of its video, possibly far earlier, as at inference once the cache rolls). Clean and noisy
+Two kinds of steps, mixed by ``planned_prob``. Teacher forcing: each training clip is
+``[sink frame | window - 1 consecutive frames]`` (the sink comes from the start of its video, possibly far earlier, as at inference once the cache rolls). Clean and noisy
 copies of the clip run as one sequence under a block-causal mask: clean frames attend to clean
 frames of their own and earlier blocks (the recache pass), noisy frames attend to clean frames of
 earlier blocks and to their own noisy block (a denoising pass). Every block draws its own noise
