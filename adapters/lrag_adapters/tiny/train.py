@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors.torch import load_file, save_file
 
 from lrag_framework.generation.plan import Geometry
 
@@ -141,59 +140,34 @@ def flow_loss(model: TinyDiT, clip, actions, p: TinyParams, context_noise: float
     return F.mse_loss(pred.float(), (noise - clip).float())
 
 
-def _flat_optimizer(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """AdamW state as safetensors-ready tensors plus JSON metadata."""
-    tensors, meta = {}, {"param_groups": opt.state_dict()["param_groups"]}
-    for i, state in opt.state_dict()["state"].items():
-        for key, value in state.items():
-            tensors[f"{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return tensors, meta
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
-    state: dict = {}
-    for name, value in tensors.items():
-        i, key = name.split(".", 1)
-        state.setdefault(int(i), {})[key] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 def save_checkpoint(path: Path, model, ema, opt, step: int, cfg: TrainConfig) -> None:
-    """Write a checkpoint folder atomically (a temp folder renamed over the old one)."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(tmp / "model.safetensors"))
-    save_file({k: v.contiguous() for k, v in ema.state_dict().items()},
-              str(tmp / "ema.safetensors"))
-    tensors, meta = _flat_optimizer(opt)
-    for part in ("exp_avg", "exp_avg_sq", "step"):  # one file per moment: each stays small
-        save_file({k: v.contiguous() for k, v in tensors.items() if k.split(".", 1)[1] == part},
-                  str(tmp / f"optimizer.{part}.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": meta,
-                                                "config": cfg.model_dump(mode="json")}))
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    if old.exists():
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+    """Write a checkpoint folder atomically: weights, EMA weights, optimizer state, step."""
+    from lrag_framework.files import atomic_dir, save_optimizer, write_tensors
+
+    with atomic_dir(path) as tmp:
+        write_tensors(tmp / "model.safetensors", model.state_dict())
+        write_tensors(tmp / "ema.safetensors", ema.state_dict())
+        save_optimizer(tmp, opt)
+        (tmp / "state.json").write_text(json.dumps({"step": step,
+                                                    "config": cfg.model_dump(mode="json")}))
 
 
 def export_weights(ckpt: Path, dest: Path) -> None:
     """Ship the EMA weights as fp16 safetensors with the model params beside them."""
-    state = load_file(str(ckpt / "ema.safetensors"))
+    from lrag_framework.files import read_tensors, write_tensors
+
+    state = read_tensors(ckpt / "ema.safetensors")
     meta = json.loads((ckpt / "state.json").read_text())
     params = {k: v for k, v in meta["config"]["model"].items() if k != "weights"}
-    save_file({k: v.half().contiguous() for k, v in state.items()}, str(dest),
-              metadata={"params": json.dumps(params), "step": str(meta["step"])})
+    write_tensors(dest, {k: v.half().contiguous() for k, v in state.items()},
+                  metadata={"params": params, "step": meta["step"]})
 
 
 def plot_log(log_path: Path, out: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from lrag_framework.files import write_figure
 
     rows = [json.loads(line) for line in log_path.read_text().splitlines()]
     fig = Figure(figsize=(6, 3.5))
@@ -207,7 +181,7 @@ def plot_log(log_path: Path, out: Path) -> None:
     ax.set(xlabel="step", ylabel="flow-matching MSE", yscale="log", title="tiny backbone")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    write_figure(fig, out)
 
 
 def _device(name: str) -> torch.device:
@@ -226,14 +200,12 @@ def train(cfg: TrainConfig, on_event: Callable[[str], None] | None = None) -> di
 
 
 def _load_checkpoint(ckpt: Path, model, ema, opt, dev) -> int:
-    state = json.loads((ckpt / "state.json").read_text())
-    model.load_state_dict(load_file(str(ckpt / "model.safetensors"), device=str(dev)))
-    ema.load_state_dict(load_file(str(ckpt / "ema.safetensors"), device=str(dev)))
-    tensors = {}
-    for part in ckpt.glob("optimizer.*.safetensors"):
-        tensors.update(load_file(str(part), device=str(dev)))
-    _load_optimizer(opt, tensors, state["optimizer"])
-    return state["step"]
+    from lrag_framework.files import load_optimizer, load_state_strict, read_tensors
+
+    load_state_strict(model, read_tensors(ckpt / "model.safetensors", dev), str(ckpt))
+    load_state_strict(ema, read_tensors(ckpt / "ema.safetensors", dev), str(ckpt))
+    load_optimizer(ckpt, opt, dev)
+    return json.loads((ckpt / "state.json").read_text())["step"]
 
 
 def _train(cfg: TrainConfig, dev: torch.device, on_event: Callable[[str], None]) -> dict:
@@ -252,7 +224,9 @@ def _train(cfg: TrainConfig, dev: torch.device, on_event: Callable[[str], None])
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, ckpt = 0, out / "checkpoint"
-    if (ckpt / "state.json").exists():
+    from lrag_framework.files import is_checkpoint
+
+    if is_checkpoint(ckpt, "state.json", "model.safetensors", "ema.safetensors"):
         step = _load_checkpoint(ckpt, model, ema, opt, dev)
         on_event(f"resumed from {ckpt} at step {step}")
     t0 = time.time()
