@@ -45,7 +45,8 @@ def _video_progress(desc: str, total: int):
 def format_summary(summary: dict) -> str:
     """The run's console table: one row per mode."""
     rows = [("mode", "streams", "frames", "seconds", "frames/s", "blocks w/ retrieval",
-             "PSNR dB", "PSNR revisits", "precision@K")]
+             "PSNR dB", "PSNR loop-closure", "gain loop-closure", "precision@K",
+             "of ceiling")]
 
     def num(v):
         return "-" if v is None else f"{v:.2f}"
@@ -53,10 +54,15 @@ def format_summary(summary: dict) -> str:
     for mode, s in summary["modes"].items():
         rows.append((mode, str(s["streams"]), str(s["frames"]), f"{s['seconds']:.2f}",
                      f"{s['frames_per_second']:.1f}", str(s["blocks_retrieved"]),
-                     num(s.get("mean_psnr")), num(s.get("mean_psnr_revisits")),
-                     num(s.get("precision_at_k"))))
+                     num(s.get("mean_psnr")), num(s.get("mean_psnr_loop_closure")),
+                     num(s.get("gain_loop_closure_db")), num(s.get("precision_at_k")),
+                     num(s.get("precision_of_ceiling"))))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if any(s.get("mean_psnr") is not None for s in summary["modes"].values()):
+        lines.append("PSNR against the ground truth on generated frames; loop-closure frames: "
+                     "blocks with an eligible frame of the same place; gain: retrieval minus "
+                     "native, paired (docs/results.md)")
     if len(summary["modes"]) == 2:
         lines.append("seconds: one run of each mode on this machine (noisy on a busy one); "
                      "speed ratios: benchmarks/ (docs/benchmarks.md)")
