@@ -279,7 +279,7 @@ def validation_errors(err: ValidationError, prefix: str = "") -> list[str]:
 
 def validate(data: dict) -> RunConfig:
     """Validate a config dict fully (schema, plugin names, plugin params); raise one ConfigError."""
-    from .plugins import PluginError, load_plugins
+    from .plugins import load_plugins
 
     errors: list[str] = []
     try:
@@ -293,15 +293,25 @@ def validate(data: dict) -> RunConfig:
         comp = comp.model_dump() if isinstance(comp, BaseModel) else comp
         if not isinstance(comp, dict) or not isinstance(comp.get("name"), str):
             continue  # already reported by the schema
-        try:
-            registry.params(section, comp["name"], comp.get("params") or {})
-        except PluginError as err:
-            errors.append(f"{section}.name: {err}")
-        except ValidationError as err:
-            errors += validation_errors(err, f"{section}.params")
+        errors += component_errors(registry, section, section, comp["name"],
+                                   comp.get("params") or {})
     if errors:
         raise ConfigError(errors)
     return cfg
+
+
+def component_errors(registry, kind: str, where: str, name: str, params: dict) -> list[str]:
+    """The errors of one plugin section ``where``: an unknown name, or params its model
+    refuses (one line each, as ``validation_errors``)."""
+    from .plugins import PluginError
+
+    try:
+        registry.params(kind, name, params)
+    except PluginError as err:
+        return [f"{where}.name: {err}"]
+    except ValidationError as err:
+        return validation_errors(err, f"{where}.params")
+    return []
 
 
 def load_config(source=None, overrides: list[str] = ()) -> RunConfig:

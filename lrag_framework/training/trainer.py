@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..config import ComponentConfig, ConfigError, apply_overrides, read_config, \
-    validation_errors
+from ..config import ComponentConfig, ConfigError, apply_overrides, component_errors, \
+    read_config, validation_errors
 from ..devices import resolve_device
 from ..files import (append_jsonl, atomic_dir, is_checkpoint, load_optimizer, load_state_strict,
                      read_tensors, save_optimizer, write_jsonl, write_yaml)
@@ -78,7 +78,7 @@ class TrainConfig(Strict):
 
 def load_train_config(source, overrides: list[str] = ()) -> TrainConfig:
     """Validate the schema, the embedder, every loss and baseline (all errors at once)."""
-    from ..plugins import PluginError, load_plugins
+    from ..plugins import load_plugins
 
     data = apply_overrides(read_config(source), list(overrides))
     errors: list[str] = []
@@ -92,12 +92,7 @@ def load_train_config(source, overrides: list[str] = ()) -> TrainConfig:
     comps += [("embedder", f"retrieval_eval.baselines.{i}", c)
               for i, c in enumerate(cfg.retrieval_eval.baselines)]
     for kind, where, comp in comps:
-        try:
-            registry.params(kind, comp.name, comp.params)
-        except PluginError as err:
-            errors.append(f"{where}.name: {err}")
-        except ValidationError as err:
-            errors += validation_errors(err, f"{where}.params")
+        errors += component_errors(registry, kind, where, comp.name, comp.params)
     if errors:
         raise ConfigError(errors)
     return cfg
