@@ -194,10 +194,10 @@ def test_float8_linears_run_close_to_bf16_on_cuda():
     if (major, minor) < (8, 9):
         pytest.skip("float8 needs compute capability >= 8.9")
     pytest.importorskip("torchao")
-    x = torch.randn(2, 3, 16, 4, 6, device="cuda")
+    x = torch.randn(2, 3, 16, 4, 6, device="cuda", dtype=torch.bfloat16)
     outs = []
     for q in ("none", "float8"):
-        bb = wan(quantize=q, compile=False, dim=256, ffn_dim=512).to("cuda")
+        bb = wan(quantize=q, compile=False, dim=256, ffn_dim=512).to("cuda", torch.bfloat16)
         from lrag_framework.interfaces import Context
 
         ctx = Context(kv=torch.zeros(2, 2, 2, 0, 6, 4, 64), frame_ids=torch.zeros(2, 0).long(),
