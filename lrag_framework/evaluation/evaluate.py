@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import resolve_device
 from ..files import write_json
 from .config import TORCHVISION_METRICS, EvalConfig
 from .drift import first_failure, gap_similarity, start_similarity, truth_psnr
@@ -28,12 +29,6 @@ VIDEO_MEASURES = ("subject_consistency", "background_consistency", "aesthetic_qu
 
 class Skip(Exception):
     """A metric cannot run here; the message says why (and what to put where)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _mean(values) -> float | None:

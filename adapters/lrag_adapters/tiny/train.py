@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from lrag_framework.devices import resolve_device
 from lrag_framework.generation.plan import Geometry
 
 from .model import TinyConfig, TinyDiT
@@ -184,16 +185,11 @@ def plot_log(log_path: Path, out: Path) -> None:
     write_figure(fig, out)
 
 
-def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu")
-                        if name == "auto" else name)
-
-
 def train(cfg: TrainConfig, on_event: Callable[[str], None] | None = None) -> dict:
     """Train (resuming from ``out_dir/checkpoint``), export the EMA weights and return
     ``{step, steps, weights, finished}``. ``on_event`` receives progress messages; the global RNG
     is left as it was."""
-    dev = _device(cfg.device)
+    dev = resolve_device(cfg.device)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         return _train(cfg, dev, on_event or (lambda message: None))

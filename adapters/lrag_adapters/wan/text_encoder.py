@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lrag_framework.devices import resolve_device
 from lrag_framework.files import fingerprint
 from lrag_framework.interfaces import ComponentError
 
@@ -353,8 +354,7 @@ class TextEncoder:
         if batch_size < 1:
             raise ValueError(f"TextEncoder: batch_size must be >= 1, got {batch_size}")
         self.config, self.dtype, self.batch_size = config, dtype, batch_size
-        self.device = torch.device(device if device is not None else
-                                   "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device("auto" if device is None else str(device))
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         files = [self.checkpoint, *(self.tokenizer_dir / name for name in
                                     ("tokenizer.json", "special_tokens_map.json"))]
