@@ -80,10 +80,21 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 
 
 def append_jsonl(path: str | Path, row: dict) -> None:
-    """Append one row to a JSON-lines log (a log may end in a torn line after a crash; readers
-    of such logs skip it)."""
+    """Append one row to a JSON-lines log (a log may end in a torn line after a crash:
+    ``read_jsonl`` skips it)."""
     with Path(path).open("a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The complete rows of an appended JSON-lines log (a torn line after a crash is skipped)."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def write_yaml(path: str | Path, data: dict) -> None:

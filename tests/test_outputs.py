@@ -49,3 +49,14 @@ def test_tensors_round_trip_with_metadata(tmp_path):
     with safe_open(str(tmp_path / "l.safetensors"), "pt") as f:
         assert torch.equal(f.get_tensor("latents"), x)
         assert json.loads(f.metadata()["streams"]) == [1, 2]
+
+
+def test_read_jsonl_skips_a_torn_last_line(tmp_path):
+    from lrag_framework.files import append_jsonl, read_jsonl
+
+    log = tmp_path / "metrics.jsonl"
+    append_jsonl(log, {"step": 1})
+    append_jsonl(log, {"step": 2})
+    with log.open("a") as f:
+        f.write('{"step": 3, "tot')  # the process died mid-write
+    assert read_jsonl(log) == [{"step": 1}, {"step": 2}]

@@ -27,7 +27,7 @@ from typing import Callable
 
 from ..config import ConfigError, PrefixConfig, load_config
 from ..distributed import World, rank_device
-from ..files import append_jsonl, write_json, write_jsonl, write_tensors, write_yaml
+from ..files import append_jsonl, read_jsonl, write_json, write_jsonl, write_tensors, write_yaml
 from ..generation.pipeline import Pipeline, Stream
 from ..interfaces import ComponentError
 from ..suites import SuiteItem, items_from_dicts, parse_suite, stem
@@ -163,24 +163,13 @@ def todo_units(items: list[SuiteItem], samples: int, modes: list[str],
     return out
 
 
-def read_rows(path: Path) -> list[dict]:
-    """The complete rows of a JSON-lines file (a torn last line after a crash is skipped)."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def read_index(run_dir: Path) -> list[dict]:
     """Rows of the merged index and of every rank's shard: per (item, sample, mode) the latest
     ``ok`` row, else the latest row."""
     best: dict[tuple, dict] = {}
     files = [run_dir / INDEX_FILE] if (run_dir / INDEX_FILE).is_file() else []
     for path in files + sorted(run_dir.glob("index.rank*.jsonl")):
-        for row in read_rows(path):
+        for row in read_jsonl(path):
             key = (row["item"], row["sample"], row["mode"])
             old = best.get(key)
             if old is None or (row["status"] == "ok", row["time"]) >= (old["status"] == "ok",
@@ -196,7 +185,7 @@ def complete_rows(rows: list[dict], run_dir: Path) -> dict[tuple, dict]:
 
 
 def count_shard_rows(run_dir: Path) -> int:
-    return sum(len(read_rows(p)) for p in run_dir.glob("index.rank*.jsonl"))
+    return sum(len(read_jsonl(p)) for p in run_dir.glob("index.rank*.jsonl"))
 
 
 class ShardWatcher:

@@ -28,7 +28,7 @@ from ..config import ComponentConfig, ConfigError, apply_overrides, component_er
     read_config, validation_errors
 from ..devices import resolve_device
 from ..files import (append_jsonl, atomic_dir, is_checkpoint, load_optimizer, load_state_strict,
-                     read_tensors, save_optimizer, write_jsonl, write_yaml)
+                     read_jsonl, read_tensors, save_optimizer, write_jsonl, write_yaml)
 from ..interfaces import LossInputs
 from .components import LossConfig, WeightedLoss, trainable_model
 
@@ -254,8 +254,7 @@ def train_embedder(cfg: TrainConfig,
         state = load_checkpoint(Path(cfg.resume), model, opt, device)
         step, best = state["step"], state["best_val"]
         if metrics.exists():
-            rows = [r for r in map(json.loads, metrics.read_text().splitlines())
-                    if r["step"] <= step]
+            rows = [r for r in read_jsonl(metrics) if r["step"] <= step]
     ckpts.mkdir(parents=True, exist_ok=True)
     write_jsonl(metrics, rows)
     write_yaml(run_dir / "config.yaml", cfg.model_dump(mode="json"))
