@@ -125,7 +125,7 @@ def _resume(run_dir: Path, config, overrides, prefix, initial_noise, progress) -
                            f"same config to resume it"])
     else:
         cfg = load_config(saved["config"])
-    resolved = load_config(_read_yaml(run_dir / "config.yaml")).memory  # as the run resolved it
+    resolved = load_config(run_dir / "config.yaml").memory  # as the run resolved it
     cfg = cfg.model_copy(update={"memory": resolved})
     with Pipeline(cfg).setup(prefix, initial_noise) as pipe:
         state.check_same(saved, {"config": saved["config"], **_inputs(request(cfg, pipe))})
@@ -137,20 +137,12 @@ def _inputs(req: dict) -> dict:
     return {k: req.get(k) for k in ("prefix_sha256", "initial_noise_sha256")}
 
 
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
 def run_dir_for(cfg: RunConfig) -> Path:
     """A new directory under ``output.root``: ``output.name``, or timestamp + config name."""
+    output_errors(cfg)
     root = Path(cfg.output.root)
     if cfg.output.name:
         path = root / cfg.output.name  # a plain folder name (OutputConfig)
-        if path.exists():
-            raise ConfigError([f"output.name: run directory {path} exists; runs are never "
-                               f"overwritten: choose another output.name"])
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         label = re.sub(r"[^\w.-]+", "_", cfg.name)[:64] or "run"
