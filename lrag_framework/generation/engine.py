@@ -143,7 +143,7 @@ class Engine:
                     if self.retrieving:
                         retrieved, entry = self._retrieve(self._index(clean, start), memory, end,
                                                           segments)
-                        log += [entry] if entry is not None else []
+                        log.append(entry)
                     plan = plan_block(g, end, after, retrieved)
                     if self.retrieving:  # the host tier's copy overlaps the recache pass
                         memory.prefetch(plan.frame_ids, end)
@@ -165,7 +165,7 @@ class Engine:
         return starts
 
     def _retrieve(self, query: Tensor, memory: KVMemory, start: int,
-                  segments: Tensor) -> tuple[list[list[int]], dict | None]:
+                  segments: Tensor) -> tuple[list[list[int]], dict]:
         """Top-K of the eligible frames for each stream; ``segments`` [B, T]: prompt segment of
         every frame (retrieval stays inside the current one unless ``cross_segments``)."""
         b = segments.shape[0]
