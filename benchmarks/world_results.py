@@ -43,17 +43,27 @@ CONFIGS = {
     "extend, K=3, pos 0": {"placement": "extend", "k": 3, "retrieved_position": "zero"},
     "fill, K=3, before_local": {"placement": "fill", "k": 3,
                                 "retrieved_position": "before_local"},
+    "fill, K=3, pos 0, pose key": {"placement": "fill", "k": 3, "retrieved_position": "zero",
+                                   "embedder": {"name": "pose"}},
+    "fill, K=6, pos 0, pose key": {"placement": "fill", "k": 6, "retrieved_position": "zero",
+                                   "embedder": {"name": "pose"}},
+    "fill, K=3, pos 0, pose + avg_pool 0.3": {
+        "placement": "fill", "k": 3, "retrieved_position": "zero",
+        "embedder": {"name": "pose", "params": {"latent_weight": 0.3}}},
 }
 
 
 def run_one(weights: str, retrieval: dict, worlds: list[int], frames: int, root: str,
             device: str) -> dict:
+    retrieval = dict(retrieval)
+    embedder = retrieval.pop("embedder", {"name": "avg_pool"})
     cfg = {"name": "results", "backbone": {"name": "tiny", "params": {"weights": weights}},
-           "retrieval": {"enabled": True, "recency": 5, **retrieval},
+           "embedder": embedder, "retrieval": {"enabled": True, "recency": 5, **retrieval},
            "generation": {"num_frames": frames, "seed": 0, "batch_size": len(worlds)},
            "conditionings": [{"world": w, "path": "revisit"} for w in worlds],
            "prefix": {"source": "reference", "frames": PREFIX}, "compare": True,
-           "output": {"root": root, "video": False, "save_latents": False}, "device": device}
+           "output": {"root": root, "video": False, "save_latents": False}, "device": device,
+           "dtype": "float32"}  # as on a CPU, and as the oracle rows
     result = lrag_framework.run(cfg)
     return json.loads((result.run_dir / "metrics.json").read_text())
 
@@ -95,8 +105,8 @@ def run_oracle(weights: str, worlds: list[int], frames: int, refs: list, device:
         backbone, registry.build("embedder", "avg_pool", {}),
         registry.build("retriever", "exact", {}), EngineOptions(g), device, overlaps=overlaps)}
     if native:
-        engines["native"] = Engine(backbone, None, None, EngineOptions(g, retrieval=False),
-                                   device)
+        native_g = Geometry(3, 12, 1, 0, 5, "fill")  # k = 0: native
+        engines["native"] = Engine(backbone, None, None, EngineOptions(native_g), device)
     items = [{"world": w, "path": "revisit"} for w in worlds]
     pixels, logs = {}, {}
     for mode, engine in engines.items():
@@ -175,7 +185,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=PREFIX + 192)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--generators", nargs="+", default=list(GENERATORS),
-                        choices=list(GENERATORS))
+                        help="shipped names or weights files (default: both shipped)")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
+                        metavar="NAME", help="retrieval configurations (default: all)")
     parser.add_argument("--oracle", action="store_true",
                         help="add a row with a perfect retriever (fill, K = 3) per generator")
     parser.add_argument("--no-configs", action="store_true",
@@ -190,13 +202,14 @@ def main() -> None:
     print(f"worlds {worlds}; revisit paths; prefix {PREFIX} ground-truth frames, {n} generated; "
           f"PSNR in dB, mean ± std over worlds; gains paired per world (same noise)")
     for weights in args.generators:
-        what = GENERATORS[weights]
+        what = GENERATORS.get(weights, "weights file")
         print(f"\n### generator `{weights}`: {what}\n")
         print(f"| run | 1x (12) | 4x (48) | 16x ({n}) | loop closure (16x) | gain, loop closure "
               f"| gain, all | precision@K (of ceiling) | drift dB/100 |")
         print("|---|---|---|---|---|---|---|---|---|")
         native = None
-        for name, retrieval in ({} if args.no_configs else CONFIGS).items():
+        for name in [] if args.no_configs else args.configs:
+            retrieval = CONFIGS[name]
             g = Geometry(3, 12, 1, retrieval["k"], 5, retrieval["placement"])
             masks = [loop_closure_frames(r.same_place, g, PREFIX).numpy() for r in refs]
             metrics = run_one(weights, retrieval, worlds, args.frames, root, args.device)

@@ -4,7 +4,8 @@ The engine calls ``check_search_result`` on every retrieval: a retriever that re
 ineligible frame, claims more results than it padded, or ranks worst first stops the run with one
 ``ComponentError`` naming the component, its plugin and the block, instead of silently feeding
 wrong frames into the context. The checks are a handful of vectorised operations on the ``[S, k]``
-result, after the copy to the CPU that the engine makes anyway.
+result, after the copy to the CPU that the engine makes anyway. Before a run,
+``check_embedder_signals`` refuses a conditioned embedder whose conditioning has no signals.
 """
 from __future__ import annotations
 
@@ -91,3 +92,25 @@ def check_search_result(result, k: int, eligible: Tensor, component: object,
             f"{describe_component(component, 'retriever')} broke the Retriever contract "
             f"retrieving for the block at frame {block}: {problem}")
     return ids.long(), scores.float(), counts.long()
+
+
+def check_embedder_signals(embedder: object, cond) -> None:
+    """A conditioned embedder needs ``cond.frame_signals`` (``[B, 1, S]`` for frame 0):
+    ``ComponentError`` naming it when the conditioning has none or of another form."""
+    if not getattr(embedder, "conditioned", False):
+        return
+    signals = cond.frame_signals(torch.zeros(1, dtype=torch.long))
+    problem = None
+    if signals is None:
+        problem = (f"its conditioning ({type(cond).__qualname__}) has no per-frame signals "
+                   "(Conditioning.frame_signals): use an embedder that reads the frames only, "
+                   "e.g. avg_pool")
+    elif not (isinstance(signals, Tensor) and signals.ndim == 3 and signals.shape[1] == 1
+              and signals.is_floating_point()):
+        got = list(signals.shape) if isinstance(signals, Tensor) else type(signals).__name__
+        problem = f"the conditioning's frame_signals of one frame must be [B, 1, S] float, got {got}"
+    if problem is not None:
+        from .plugins import describe_component
+
+        raise ComponentError(f"{describe_component(embedder, 'embedder')} is conditioned, "
+                             f"but {problem}")

@@ -11,9 +11,15 @@ A plugin is a module named by an entry point in the ``lrag_framework`` group. It
 - ``params_model``: a pydantic model of the params (``None``: the component takes none).
 
 A plugin module may declare ``LRAG_API_VERSION = <int>``: the API it was written for (default:
-``API_VERSION``). A version in ``SUPPORTED_API_VERSIONS`` other than ``API_VERSION`` loads with a
-``PluginWarning`` (``lrag plugins`` lists it); any other is reported and not loaded. Keep heavy
-imports (torch models) inside the factories so listing plugins stays fast.
+``API_VERSION``). A version in ``DEPRECATED_API_VERSIONS`` loads with a ``PluginWarning``
+(``lrag plugins`` lists it), another one of ``SUPPORTED_API_VERSIONS`` loads as it is; any other
+is reported and not loaded. Keep heavy imports (torch models) inside the factories so listing
+plugins stays fast.
+
+API 3 (from API 2) adds conditioned embedders, and nothing else changes, so API-2 plugins load
+without a warning: ``Conditioning.frame_signals`` says what the conditioning implies about each
+frame (the tiny backbone: the camera position), and an embedder with ``conditioned = True`` is
+called as ``embed(latents, signals)``; the engine refuses it with a conditioning that has none.
 
 API 2 (from API 1) states the contracts once, in ``lrag_framework.interfaces``, and enforces them:
 
@@ -25,12 +31,14 @@ API 2 (from API 1) states the contracts once, in ``lrag_framework.interfaces``, 
 - trainable embedders implement ``interfaces.TrainableEmbedder``; an API-1 embedder with a
   duck-typed ``model`` and ``save`` still trains, with a ``DeprecationWarning``;
 - a bare name that a built-in also registers resolves to the built-in (was: an error).
-API-1 plugins keep working unchanged apart from these; support for API 1 ends with API 3.
+API-1 plugins keep working unchanged apart from these, with a warning, until API 4 (announced
+for API 3 at first; kept one version longer, as API 3 only adds).
 """
 import pluggy
 
-API_VERSION = 2
-SUPPORTED_API_VERSIONS = (1, 2)  # 1: deprecated, loads with a warning
+API_VERSION = 3
+SUPPORTED_API_VERSIONS = (1, 2, 3)
+DEPRECATED_API_VERSIONS = (1,)  # load with a warning
 
 hookspec = pluggy.HookspecMarker("lrag_framework")
 hookimpl = pluggy.HookimplMarker("lrag_framework")

@@ -86,6 +86,13 @@ class Conditioning(ABC):
         default, no switches, is all zeros ``[1, F]``)."""
         return torch.zeros((1, len(frames)), dtype=torch.long)
 
+    def frame_signals(self, frames: Tensor) -> Tensor | None:
+        """What the conditioning says about each frame id of [F], as numbers a retrieval key
+        can use: ``[B, F, S]`` float32 on CPU (for a camera path, the camera position its
+        actions integrate to), the same for a frame whatever else is asked with it. None (the
+        default): it says nothing per frame (a text prompt). Read by conditioned embedders."""
+        return None
+
 
 @dataclass
 class Reference:
@@ -212,11 +219,20 @@ class Embedder(ABC):
     depend on the other frames of the batch (to float tolerance). Descriptors are finite for
     finite input, all of one dimension D, and non-zero for any frame that is not degenerate (a
     retriever rejects a zero descriptor; ``avg_pool`` maps a frame of zero spatial mean to one).
+
+    A *conditioned* embedder (``conditioned = True``, plugin API 3) also reads what the
+    conditioning says about each frame (``Conditioning.frame_signals``): the engine calls
+    ``embed(latents, signals)`` with ``signals`` [N, S], row i belonging to frame i, and
+    refuses to run it with a conditioning that has no signals. Its descriptor is a pure
+    function of the pair (frame, signal row).
     """
 
+    conditioned: bool = False
+
     @abstractmethod
-    def embed(self, latents: Tensor) -> Tensor:
-        """[N, C, H, W] -> [N, D] descriptors (floating, on the latents' device)."""
+    def embed(self, latents: Tensor, signals: Tensor | None = None) -> Tensor:
+        """[N, C, H, W] (and, when conditioned, [N, S]) -> [N, D] descriptors (floating, on
+        the latents' device)."""
 
     def to(self, device: torch.device | str) -> "Embedder":
         return self

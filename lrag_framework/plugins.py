@@ -163,7 +163,8 @@ class Registry:
 
     def deprecated_api(self) -> list[str]:
         """Plugins (entry-point names) loaded under a deprecated API version."""
-        return sorted({e.plugin for e in self._entries if e.api != hookspecs.API_VERSION})
+        return sorted({e.plugin for e in self._entries
+                       if e.api in hookspecs.DEPRECATED_API_VERSIONS})
 
     def lookup(self, kind: str, name: str) -> Entry:
         """The entry for ``name`` or ``distribution:name``; PluginError if unknown or ambiguous."""
@@ -244,7 +245,7 @@ class Registry:
             raise PluginError(
                 f"{kind} {entry.describe()} built a {type(component).__qualname__}, which does "
                 f"not implement {expected.__module__}.{expected.__qualname__}")
-        if entry.api != hookspecs.API_VERSION:
+        if entry.api in hookspecs.DEPRECATED_API_VERSIONS:
             warnings.warn(PluginWarning(
                 f"{kind} {entry.describe()} was written for plugin API {entry.api} "
                 f"(deprecated; this lrag-framework speaks {hookspecs.API_VERSION}: see "
@@ -301,7 +302,7 @@ def _load_one(pm: pluggy.PluginManager, name: str, target: Any, dist: str,
     api = getattr(target, "LRAG_API_VERSION", hookspecs.API_VERSION)
     if api not in hookspecs.SUPPORTED_API_VERSIONS:
         older = [v for v in hookspecs.SUPPORTED_API_VERSIONS if v != hookspecs.API_VERSION]
-        also = f" (and {', '.join(map(str, older))}, deprecated)" if older else ""
+        also = f" (and {', '.join(map(str, older))})" if older else ""
         return f"declares API {api!r}, this lrag-framework speaks {hookspecs.API_VERSION}{also}"
     try:
         pm.register(target, name=name)

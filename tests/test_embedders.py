@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from lrag_embedders import plugin
 from lrag_embedders.ae_weights import load_latent_ae
 from lrag_embedders.latent_ae import AEShape, LatentAE, LatentAEEmbedder
-from lrag_embedders.plugin import AvgPoolParams, LatentAEParams
+from lrag_embedders.plugin import AvgPoolParams, LatentAEParams, PoseParams
 from lrag_framework.interfaces import Embedder, TrainableEmbedder
 from lrag_framework.testing import check_embedder
 
@@ -195,7 +195,7 @@ def test_public_checkpoint_is_read_weights_only(tmp_path, capsys):
 def test_plugin_registers_both_embedders_and_the_registry_builds_them(tmp_path):
     seen = {}
     plugin.register_embedders(lambda name, factory, model: seen.update({name: model}))
-    assert seen == {"avg_pool": AvgPoolParams, "latent_ae": LatentAEParams}
+    assert seen == {"avg_pool": AvgPoolParams, "latent_ae": LatentAEParams, "pose": PoseParams}
     assert LatentAEParams().architecture() == {"in_channels": 16, "spatial_h": 60,
                                                "spatial_w": 104, "latent_dim": 1024,
                                                "hidden_dims": [64, 128, 256]}

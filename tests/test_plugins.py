@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,8 @@ OK = """
 BROKEN = {  # entry-point name -> (module source, what the report must say)
     "boom": ("import lrag_no_such_module_xyz\n",
              ["failed to import fake_plugins_boom", "No module named 'lrag_no_such_module_xyz'"]),
-    "future": ("LRAG_API_VERSION = 3\n" + textwrap.dedent(OK.format(name="future")),
-               ["declares API 3, this lrag-framework speaks 2 (and 1, deprecated)"]),
+    "future": ("LRAG_API_VERSION = 4\n" + textwrap.dedent(OK.format(name="future")),
+               ["declares API 4, this lrag-framework speaks 3 (and 1, 2)"]),
     "typo": ("""
         from lrag_framework import hookimpl
 
@@ -229,7 +230,7 @@ def test_example_package_installs_and_is_listed(tmp_path):
     ours = [c for c in report["components"] if c["distribution"] == "lrag-example-adapter"]
     assert ours == [{"kind": k, "name": n, "qualified_name": f"lrag-example-adapter:{n}",
                      "distribution": "lrag-example-adapter", "version": "0.2.0",
-                     "plugin": "example", "api": 2}
+                     "plugin": "example", "api": 3}
                     for k, n in (("backbone", "example_patch"), ("retriever", "example_flat"))]
     assert not [b for b in report["broken"] if b["distribution"] == "lrag-example-adapter"]
 
@@ -314,6 +315,16 @@ def test_a_plugin_for_api_1_loads_with_a_deprecation_warning(make_dist):
     with pytest.warns(PluginWarning, match="written for plugin API 1"):
         registry.build("retriever", "old_exact", {})
     assert "warning: plugin 'old' is written for a deprecated plugin API" in plugins_report()
+
+
+def test_a_plugin_for_api_2_loads_silently(make_dist):  # API 3 only adds
+    make_dist("api2-plugins", {"two": "LRAG_API_VERSION = 2\n" + textwrap.dedent(
+        OK.format(name="two_exact"))})
+    registry = load_plugins()
+    assert not registry.broken and registry.deprecated_api() == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        registry.build("retriever", "two_exact", {})
 
 
 def test_built_components_are_named_by_their_registration():

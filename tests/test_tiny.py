@@ -1,4 +1,7 @@
 """The tiny backbone: training forward == inference path, sampler, weights loading."""
+import json
+import math
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -127,7 +130,7 @@ def _cached_planned_context(bb, ctx, actions, positions, n_ret, blocks):
     from lrag_adapters.tiny.backbone import ActionConditioning
 
     b = ctx.shape[0]
-    cond = ActionConditioning(actions)
+    cond = ActionConditioning(actions, torch.zeros_like(actions))
     kvs = torch.zeros(2, 2, b, 0, 16, 2, 16)
     groups = [[0]] + [[1 + j] for j in range(n_ret)]
     first = 1 + n_ret
@@ -186,9 +189,53 @@ def test_planned_context_forward_matches_cached_inference(n_ret):
         t_next = ts[i + 1] if i + 1 < len(ts) else torch.zeros_like(t)
         x = bb.sampler_step(x, pred, t, t_next, torch.randn(x.shape, generator=gen))
     torch.testing.assert_close(rolled, x, rtol=1e-4, atol=1e-4)
+    keep = 1 + n_ret  # a multi-block rollout: local block j from [sink | retrieved | blocks < j]
+    for j, size in enumerate(blocks):
+        sub = (ctx[:, :keep], actions[:, :keep + size], positions[:keep + size])
+        block_j = torch.randn(b, size, 3, 16, 16)
+        seq = planned_velocity(bb.model, sub[0], block_j, sigma, sub[1], sub[2],
+                               planned_mask(1, n_ret, blocks[:j], size))
+        cond, context = _cached_planned_context(bb, *sub, n_ret, blocks[:j])
+        torch.testing.assert_close(seq, bb.denoise(block_j, sigma * 1000, cond,
+                                                   bb.prepare(context)), rtol=1e-4, atol=1e-5)
+        keep += size
 
 
 def test_backbone_leaves_the_global_rng_alone():
     state = torch.random.get_rng_state()
     TinyBackbone(P)
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_the_trainer_runs_planned_multi_block_rollouts_and_resumes(tmp_path):
+    """Three steps of planned context with two rolled-out local blocks, exported; a second call
+    with more steps resumes from the checkpoint instead of starting over."""
+    from lrag_adapters.tiny.train import TrainConfig, train
+
+    model = {"height": 64, "width": 64, "patch": 16, "dim": 32, "layers": 1, "heads": 2,
+             "window": 12, "sink": 1, "weights": None}
+    cfg = dict(model=model, out_dir=str(tmp_path / "t"), videos=2, video_frames=40,
+               val_videos=1, batch_size=2, steps=3, warmup=1, planned_prob=1.0,
+               retrieved_prob=1.0, rollout_prob=1.0, rollout_blocks=2, log_every=1,
+               checkpoint_every=10, device="cpu")
+    events = []
+    first = train(TrainConfig(**cfg), events.append)
+    assert first["step"] == 3 and first["finished"]
+    rows = [json.loads(r) for r in (tmp_path / "t" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(r["planned_loss"]) for r in rows)
+    second = train(TrainConfig(**{**cfg, "steps": 4}), events.append)
+    assert second["step"] == 4 and any("resumed from" in e and "step 3" in e for e in events)
+    TinyBackbone(TinyParams(**{**model, "weights": second["weights"]}))  # the export loads
+
+
+def test_the_backbone_generates_in_bfloat16():
+    """The dtype a GPU run defaults to: every layer sees bf16 inputs (no autocast at inference)."""
+    from lrag_framework.generation.engine import Engine, EngineOptions, stream_generator
+    from lrag_framework.generation.plan import Geometry
+
+    bb = TinyBackbone(P).to("cpu", torch.bfloat16)
+    g = Geometry(3, P.window, P.sink)
+    out = Engine(bb, None, None, EngineOptions(g)).generate(
+        bb.encode_conditioning([None], 9), [stream_generator(0, 0)], 9)
+    assert out.latents.shape[1] == 9 and bool(torch.isfinite(out.latents).all())

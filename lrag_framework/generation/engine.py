@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..contracts import check_search_result
+from ..contracts import check_embedder_signals, check_search_result
 from ..interfaces import Backbone, Conditioning, Context, Embedder, Retriever
 from .memory import KVMemory
 from .plan import Geometry, Plan, plan_block
@@ -116,6 +116,7 @@ class Engine:
         switches = set(cond.switch_frames)
         segments = cond.segments(torch.arange(num_frames)).expand(b, -1)  # [B, T]
         if self.retrieving:
+            check_embedder_signals(self.embedder, cond)
             self.retriever.reset()
         log, nothing = [], [[] for _ in range(b)]
         plan = plan_block(g, 0, ends[0], nothing)  # the first block retrieves nothing
@@ -141,7 +142,7 @@ class Engine:
                 if end < num_frames:
                     retrieved = nothing
                     if self.retrieving:
-                        retrieved, entry = self._retrieve(self._index(clean, start), memory, end,
+                        retrieved, entry = self._retrieve(self._index(clean, cond, start), memory, end,
                                                           segments)
                         log.append(entry)
                     plan = plan_block(g, end, after, retrieved)
@@ -206,11 +207,17 @@ class Engine:
             x = self.backbone.sampler_step(x, pred, t, t_next, noise[1 + i])
         return x
 
-    def _index(self, clean: Tensor, start: int) -> Tensor:
+    def _index(self, clean: Tensor, cond: Conditioning, start: int) -> Tensor:
         """Embed and index the new frames; returns the next query [B, D]."""
         b, f = clean.shape[:2]
-        desc = self.embedder.embed(clean.flatten(0, 1).float()).view(b, f, -1)
         ids = torch.arange(start, start + f)
+        frames = clean.flatten(0, 1).float()  # [B F, C, H, W]
+        if self.embedder.conditioned:
+            signals = cond.frame_signals(ids)  # [B, F, S]
+            desc = self.embedder.embed(frames, signals.flatten(0, 1).to(frames.device))
+        else:
+            desc = self.embedder.embed(frames)
+        desc = desc.view(b, f, -1)
         for s in range(b):
             self.retriever.add(s, ids, desc[s])
         if self.opt.query == "block_mean":

@@ -15,23 +15,35 @@ from ._run import expect, run_property
 
 def check_embedder(make_embedder: Callable[[], Embedder], latent_shape: tuple[int, int, int], *,
                    load: Callable[[str], Embedder] | None = None, rtol: float = 1e-5,
-                   max_examples: int | None = None) -> None:
+                   max_examples: int | None = None, signal_dim: int | None = None) -> None:
     """Shape ``[N, C, H, W] -> [N, D]`` with one D, floating, finite, non-zero rows;
     deterministic; batch independent (a frame alone, or in another order, gets the same
-    descriptor to ``rtol``); the input is left unchanged. A ``TrainableEmbedder`` is also
+    descriptor to ``rtol``); the input is left unchanged. A conditioned embedder is called as
+    ``embed(frames, signals)`` with signal rows ``[N, signal_dim]`` (required then) and checked
+    the same way, a frame travelling with its row. A ``TrainableEmbedder`` is also
     trained one step's worth (``model`` returns (reconstruction, embedding), gradients reach
     its parameters), saved, and, with ``load(folder)`` (build the component with its weights
     param set to the folder), loaded back to embed exactly as before."""
     embedder = make_embedder()
     expect(isinstance(embedder, Embedder), "make_embedder() must return an Embedder")
     expect(isinstance(embedder.to("cpu"), Embedder), "to(device) must return the embedder")
+    conditioned = bool(embedder.conditioned)
+    expect(not conditioned or (signal_dim or 0) >= 1,
+           "a conditioned embedder is checked with signal_dim= (the width S of its signal rows)")
+    inputs = (strategies.signalled_frames(latent_shape, signal_dim) if conditioned
+              else strategies.latent_frames(latent_shape).map(lambda x: (x,)))
     dims = set()
 
-    @given(x=strategies.latent_frames(latent_shape))
-    def prop(x):
-        before = x.clone()
-        out = embedder.embed(x)
-        expect(torch.equal(x, before), "embed must not change its input")
+    def embed(args, rows=slice(None)):
+        return embedder.embed(*(a[rows] for a in args))
+
+    @given(args=inputs)
+    def prop(args):
+        x = args[0]
+        before = [a.clone() for a in args]
+        out = embed(args)
+        expect(all(torch.equal(a, b) for a, b in zip(args, before)),
+               "embed must not change its input")
         expect(isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == len(x),
                f"embed of {list(x.shape)} must give [N, D], got "
                f"{list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
@@ -40,12 +52,12 @@ def check_embedder(make_embedder: Callable[[], Embedder], latent_shape: tuple[in
         expect(len(dims) == 1, f"descriptor dimension changed between calls: {sorted(dims)}")
         expect(bool(torch.isfinite(out).all()), "descriptors of finite frames must be finite")
         expect(bool((out != 0).any(dim=1).all()), "a random frame got a zero descriptor")
-        expect(torch.equal(embedder.embed(x), out), "embed must be deterministic")
+        expect(torch.equal(embed(args), out), "embed must be deterministic")
         tol = rtol * max(1.0, float(out.abs().max()))
-        alone = torch.cat([embedder.embed(x[i:i + 1]) for i in range(len(x))])
+        alone = torch.cat([embed(args, slice(i, i + 1)) for i in range(len(x))])
         expect(bool(((alone - out).abs() <= tol).all()),
                "a frame's descriptor depends on the other frames of its batch")
-        flipped = embedder.embed(x.flip(0)).flip(0)
+        flipped = embed(args, torch.arange(len(x) - 1, -1, -1)).flip(0)
         expect(bool(((flipped - out).abs() <= tol).all()),
                "a frame's descriptor depends on its place in the batch")
 

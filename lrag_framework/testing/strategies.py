@@ -120,6 +120,17 @@ def latent_frames(draw, shape: tuple[int, int, int], max_n: int = 5) -> torch.Te
 
 
 @st.composite
+def signalled_frames(draw, shape: tuple[int, int, int], signal_dim: int, max_n: int = 5,
+                     scale: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frames [N, C, H, W] as ``latent_frames``, signals float32 [N, S] in [-scale, scale]):
+    the input of a conditioned embedder."""
+    x = draw(latent_frames(shape, max_n))
+    rng = draw(seeds())
+    signals = rng.uniform(-scale, scale, (len(x), signal_dim))
+    return x, torch.from_numpy(signals.astype(np.float32))
+
+
+@st.composite
 def embedding_sequences(draw, min_frames: int = 2, max_frames: int = 8, max_dim: int = 6,
                         max_batch: int = 3) -> torch.Tensor:
     """float32 [B, S, D] with norms in [0.1, 10]; half are slow random walks (similar neighbours,

@@ -1,4 +1,4 @@
-"""Entry point of the built-in embedders ``avg_pool`` and ``latent_ae``.
+"""Entry point of the built-in embedders ``avg_pool``, ``latent_ae`` and ``pose``.
 
 Free of torch so listing plugins stays fast; the models are imported by the factories.
 """
@@ -8,13 +8,26 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lrag_framework import hookimpl
 
-LRAG_API_VERSION = 2
+LRAG_API_VERSION = 3
 
 
 class AvgPoolParams(BaseModel):
     """``avg_pool`` takes no params."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class PoseParams(BaseModel):
+    """``pose``: a Gaussian kernel of the frames' conditioning signals (the camera position),
+    optionally mixed with ``avg_pool`` (docs/embedders.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sigma: float = Field(0.5, gt=0, description="kernel width, in signal units (the tiny "
+                         "world: frame widths)")
+    period: float = Field(64.0, gt=0, description="the kernel repeats every period; signals "
+                          "must stay within +-period/2")
+    latent_weight: float = Field(0.0, ge=0, lt=1, description="share of the avg_pool cosine "
+                                 "in the score (0: where the frame is, only)")
 
 
 class LatentAEParams(BaseModel):
@@ -47,6 +60,12 @@ def build_avg_pool(params: AvgPoolParams):
     return AvgPoolEmbedder()
 
 
+def build_pose(params: PoseParams):
+    from .pose import PoseEmbedder
+
+    return PoseEmbedder(params.sigma, params.period, params.latent_weight)
+
+
 def build_latent_ae(params: LatentAEParams):
     import torch
 
@@ -74,3 +93,4 @@ def build_latent_ae(params: LatentAEParams):
 def register_embedders(register):
     register("avg_pool", build_avg_pool, AvgPoolParams)
     register("latent_ae", build_latent_ae, LatentAEParams)
+    register("pose", build_pose, PoseParams)

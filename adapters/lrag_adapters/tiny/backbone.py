@@ -27,12 +27,17 @@ BUILTIN_WEIGHTS = {"builtin": "tiny_world.safetensors",
 
 @dataclass
 class ActionConditioning(Conditioning):
-    """Per-frame action vectors of every stream: [B, T, A]."""
+    """Per-frame action vectors of every stream: [B, T, A]; their signals: the camera position
+    the actions integrate to, in frame widths from the first frame: [B, T, A] on CPU."""
 
     actions: Tensor
+    positions: Tensor
 
     def window(self, start: int, stop: int) -> Tensor:
         return self.actions[:, start:stop]
+
+    def frame_signals(self, frames: Tensor) -> Tensor:
+        return self.positions[:, frames]
 
 
 @dataclass
@@ -69,8 +74,11 @@ class TinyBackbone(Backbone):
     def encode_conditioning(self, items: list[Any], num_frames: int) -> ActionConditioning:
         """Each item: None (no motion), an array-like [T, A], a path to a .npy file, or a camera
         path in the procedural world: ``{world: SEED, path: revisit | walk}``."""
-        rows = [self._actions(item, num_frames) for item in items]
-        return ActionConditioning(torch.stack(rows).to(self.device, self.dtype))
+        from lrag_adapters.world import ACTION_SCALE
+
+        actions = torch.stack([self._actions(item, num_frames) for item in items])  # [B, T, A]
+        positions = actions.double().cumsum(1) * (ACTION_SCALE / self.params.width)
+        return ActionConditioning(actions.to(self.device, self.dtype), positions.float())
 
     def reference(self, item: Any, num_frames: int) -> Reference | None:
         """The world's ground-truth frames and same-place matrix for a world camera path."""

@@ -142,7 +142,8 @@ class TinyDiT(nn.Module):
         """Patch tokens + spatial embedding [B, F, N, D] and per-frame conditioning [B, F, D]."""
         p = self.cfg.patch
         tokens = rearrange(x, "b f c (h p1) (w p2) -> b f (h w) (c p1 p2)", p1=p, p2=p)
-        cond = self.time_mlp(timestep_embedding(t, self.cfg.dim)) + self.action_mlp(actions)
+        cond = self.time_mlp(timestep_embedding(t, self.cfg.dim).to(x.dtype)) + \
+            self.action_mlp(actions)
         return self.patch_embed(tokens) + self.pos_embed, cond
 
     def unpatchify(self, h: Tensor, cond: Tensor) -> Tensor:

@@ -66,7 +66,9 @@ class TrainConfig(BaseModel):
     truth_prob: float = Field(0.75, ge=0, le=1, description="share of samples whose retrieved "
                               "frames are the true best overlaps (the rest: random)")
     rollout_prob: float = Field(0.5, ge=0, le=1, description="share of planned steps whose last "
-                                "local block is the model's own rollout")
+                                "local blocks are the model's own rollout")
+    rollout_blocks: int = Field(1, ge=1, description="local blocks rolled out in such a step "
+                                "(the last ones, oldest first)")
     time_limit_minutes: float = 10.0
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -250,7 +252,8 @@ def _train(cfg: TrainConfig, dev: torch.device, on_event: Callable[[str], None])
                 vid = torch.randint(len(frames), (cfg.batch_size,), generator=gen).to(dev)
                 n_ret = cfg.retrieved if draws[1] < cfg.retrieved_prob else 0
                 loss = planned_loss(model, frames[vid], actions[vid], xy[vid], g, p, n_ret,
-                                    draws[2] < cfg.rollout_prob, cfg.truth_prob,
+                                    cfg.rollout_blocks * (draws[2] < cfg.rollout_prob),
+                                    cfg.truth_prob,
                                     cfg.context_noise, width, dgen)
             else:
                 clip, act = sample_clips(frames, actions, cfg.batch_size, p.window,

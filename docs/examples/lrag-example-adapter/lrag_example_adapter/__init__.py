@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lrag_framework import hookimpl
 
-LRAG_API_VERSION = 2  # the plugin API this package was written for
+LRAG_API_VERSION = 3  # the plugin API this package was written for
 
 
 class PatchParams(BaseModel):
