@@ -1,9 +1,10 @@
 """What retrieval does in the procedural world, measured against ground truth (docs/results.md).
 
 For held-out worlds (revisit camera paths, 12 ground-truth prefix frames, then 192 generated
-frames = 16x the 12-frame training clip), both shipped generators (``builtin-contiguous``: trained
-on contiguous windows only, the paper's setting; ``builtin``: also trained on planned context and
-its own rollouts) and each retrieval configuration, runs native and retrieval on the same noise
+frames = 16x the 12-frame training clip), the shipped generators (``builtin-contiguous``: trained
+on contiguous windows only, the paper's setting; ``builtin-planned``: also trained on planned
+context and one-block rollouts of its own; ``builtin``: then on three-block rollouts) or any
+weights file, and each retrieval configuration, runs native and retrieval on the same noise
 and prints markdown tables of:
 - PSNR against the ground-truth frame over the first 12 / 48 / 192 generated frames (1x, 4x, 16x
   the training clip; generation is causal, so the first N frames of the long run are the short
@@ -34,7 +35,8 @@ from lrag_framework.outputs.report import evaluate, loop_closure_frames, precisi
 
 PREFIX = 12
 GENERATORS = {"builtin-contiguous": "trained on contiguous windows (the paper's setting)",
-              "builtin": "trained on planned context + own rollouts (beyond the paper)"}
+              "builtin-planned": "trained on planned context + one-block rollouts",
+              "builtin": "trained on planned context + three-block rollouts (the default)"}
 CONFIGS = {
     "fill, K=3, pos 0 (default)": {"placement": "fill", "k": 3, "retrieved_position": "zero"},
     "fill, K=6, pos 0": {"placement": "fill", "k": 6, "retrieved_position": "zero"},

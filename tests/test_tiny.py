@@ -81,7 +81,7 @@ def test_bad_actions_are_reported():
         bb.encode_conditioning([[[0.0, 1.0]] * 4], 9)
 
 
-@pytest.mark.parametrize("name", ["builtin", "builtin-contiguous"])
+@pytest.mark.parametrize("name", ["builtin", "builtin-planned", "builtin-contiguous"])
 def test_shipped_world_weights_load(name):
     from importlib import resources
 

@@ -167,3 +167,18 @@ def test_side_stream_decoding_writes_the_decoded_frames_in_order(base, tmp_path,
         error = np.abs(video - expected).mean(axis=(1, 2, 3))  # h264 of noise-like frames:
         shifted = np.abs(video[4:] - expected[:-4]).mean()  # ~16 aligned, ~36 a latent off (CPU)
         assert error.max() < 22 and error.mean() < 0.7 * shifted
+
+
+def test_a_conditioned_key_on_text_prompts_is_refused_up_front(base, tmp_path, image, capsys):
+    """A prompt says nothing per frame, so `pose` is refused by `lrag validate` and `lrag run`
+    before anything is generated or written."""
+    from lrag_framework.cli import main
+
+    cfg = {**config(base, tmp_path, image), "embedder": {"name": "pose"}}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    for command in ("validate", "run"):
+        assert main([command, str(tmp_path / "c.json")]) == 2
+        err = capsys.readouterr().err
+        assert "embedder 'pose'" in err and "has no per-frame signals" in err, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()

@@ -18,6 +18,7 @@ from typing import Callable
 from torch import Tensor
 
 from ..config import ConfigError, RunConfig
+from ..contracts import check_embedder_signals
 from ..devices import resolve_device, resolve_dtype
 from ..interfaces import ComponentError
 from .budget import capacities, estimate, resolve_memory
@@ -155,8 +156,10 @@ class Pipeline:
         by_item = []
         for i, item in enumerate(cfg.conditionings):
             what = f"conditionings[{i}]"
-            _built(what, cfg.backbone.name, lambda: self.backbone.encode_conditioning(
+            cond = _built(what, cfg.backbone.name, lambda: self.backbone.encode_conditioning(
                 [item], self.num_frames))
+            if self.embedder is not None:  # a conditioned key needs the conditioning's signals
+                check_embedder_signals(self.embedder, cond)
             by_item.append(_built(what, cfg.backbone.name,
                                   lambda: self.backbone.reference(item, self.num_frames)))
         self.references = [by_item[s.conditioning] for s in self.streams]

@@ -19,9 +19,11 @@ from .sampling import sampler_step, sigmas
 
 
 # Shipped weights, trained on the procedural world (docs/results.md): ``builtin`` the default
-# (trained on planned context and its own rollouts), ``builtin-contiguous`` the generator trained
-# on contiguous windows only (teacher forcing), the one the paper's method assumes.
+# (fine-tuned on planned context with three-block rollouts of its own), ``builtin-planned`` the
+# previous default (planned context, one-block rollouts), ``builtin-contiguous`` the generator
+# trained on contiguous windows only (teacher forcing), the one the paper's method assumes.
 BUILTIN_WEIGHTS = {"builtin": "tiny_world.safetensors",
+                   "builtin-planned": "tiny_world_planned.safetensors",
                    "builtin-contiguous": "tiny_world_contiguous.safetensors"}
 
 

@@ -25,6 +25,7 @@ class TinyParams(BaseModel):
     shift: float = Field(1.0, gt=0, description="timestep shift sigma' = s*sigma/(1+(s-1)*sigma)")
     sampler: Literal["renoise", "euler"] = "renoise"
     weights: str | None = Field("builtin", description="safetensors file of TinyDiT weights; "
-                                "builtin: the shipped world model; builtin-contiguous: the shipped "
+                                "builtin: the shipped world model; builtin-planned: its "
+                                "predecessor (one-block rollouts); builtin-contiguous: the shipped "
                                 "model trained on contiguous windows only; null: random init")
     init_seed: int = 0
