@@ -114,6 +114,8 @@ def main() -> None:
                         help="DiT linear layers; several: one set of rows each")
     parser.add_argument("--profile", action="store_true",
                         help="kernel profile of one retrieval block at the first length")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only the block profile (no timed rows)")
     parser.add_argument("--storage", choices=["auto", "float8"], default="auto")
     parser.add_argument("--tier", choices=["auto", "cpu"], default="auto",
                         help="cpu: history K/V in pinned host memory")
@@ -153,7 +155,7 @@ def main() -> None:
             latents = {}
             for quantize in args.quantize:
                 native = None
-                for retrieval in (False, True):
+                for retrieval in () if args.profile_only else (False, True):
                     r = measure(config(t, retrieval, quantize))
                     native = native or r["seconds"]
                     tm, mem, res = r["timings"], r["memory"], r["resolved"] or {}
@@ -168,7 +170,7 @@ def main() -> None:
                           f"{mem['kv_dropped_frames']} | {tm['memory_setup']:.1f} | "
                           f"{r['setup'] - tm['memory_setup']:.1f} |", flush=True)
                     latents[quantize] = r["latents"]
-                if args.profile and t == frames[0] and not args.tiny:
+                if (args.profile or args.profile_only) and t == frames[0] and not args.tiny:
                     profiles.append((f"{t} frames, {quantize}",
                                      profile_block(config(t, True, quantize), PROFILED_BLOCK)))
             if "float8" in latents and "none" in latents:
