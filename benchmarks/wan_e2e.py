@@ -56,8 +56,7 @@ def main() -> None:
     parser.add_argument("--eager", dest="compile", action="store_false",
                         help="no torch.compile (the preset's default compiles on CUDA)")
     parser.add_argument("--decoder", choices=["vae", "taehv"], nargs="+", default=["vae"])
-    parser.add_argument("--vae-eager", dest="vae_compile", action="store_false",
-                        help="no torch.compile of the VAE decoder (the default compiles on CUDA)")
+    parser.add_argument("--vae-compile", action="store_true", help="torch.compile the VAE decoder")
     parser.add_argument("--decoder-device", default=None,
                         help="decode on this device (e.g. cuda:1; docs/suites.md)")
     args = parser.parse_args()

@@ -63,9 +63,9 @@ class WanParams(BaseModel):
         None, pattern=r"^(cpu|cuda(:\d+)?)$", description="device of the video decoder (VAE or "
         "TAEHV), e.g. cuda:1: the DiT on one GPU, decoding beside it on another; default: the "
         "compute device")
-    vae_compile: bool = Field(True, description="torch.compile the VAE decoder on CUDA "
-                              "(about 2x; compiled in the run's warm-up, reported apart; "
-                              "false: eager; see docs/vae.md)")
+    vae_compile: bool = Field(False, description="torch.compile the VAE decoder on CUDA "
+                              "(compiled in the run's warm-up when video is written; see "
+                              "docs/vae.md)")
     quantize: Literal["none", "float8"] = Field(
         "none", description="float8: the DiT's linear layers in float8 (torchao, dynamic "
         "per-row scales; CUDA with compute capability >= 8.9, bf16; pip install "
