@@ -63,7 +63,7 @@ def main() -> None:
     cuda = torch.cuda.is_available() and not args.tiny
     if not args.tiny and not cuda:
         parser.error("the full-size benchmark needs CUDA; use --tiny for a CPU smoke check")
-    frames = args.frames or (12 if args.tiny else 120)
+    frames = args.frames or (24 if args.tiny else 120)  # tiny: long enough to retrieve
     t5 = T5Config(**TINY_T5) if args.tiny else T5Config()
     device = "cuda" if cuda else "cpu"
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,8 +18,8 @@ evicted frames give up their K/V (they stay indexed but can no longer be retriev
 column). ``--budget-gb auto`` lets the memory rule pick storage and tier so that every frame
 keeps its K/V. With ``--quantize none float8`` each length runs in both and the float8 rows are
 followed by their error against bf16 on the same noise (relative L2 of the retrieval run's
-latents, PSNR of the first decoded frames). ``--profile`` adds the kernel profile of one
-retrieval block (``benchmarks/block_profile.py``).
+latents, PSNR of the first decoded frames). ``--profile`` adds the kernel profile of steady-state
+retrieval blocks in the first linear setting (``benchmarks/block_profile.py``).
 """
 from __future__ import annotations
 
@@ -113,7 +113,11 @@ def main() -> None:
     parser.add_argument("--quantize", choices=["none", "float8"], nargs="+", default=["none"],
                         help="DiT linear layers; several: one set of rows each")
     parser.add_argument("--profile", action="store_true",
-                        help="kernel profile of one retrieval block at the first length")
+                        help="kernel profile of retrieval blocks at the first length")
+    parser.add_argument("--modes", choices=["native", "retrieval"], nargs="+",
+                        default=["native", "retrieval"], help="the modes to time")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only the block profile (no timed rows)")
     parser.add_argument("--storage", choices=["auto", "float8"], default="auto")
     parser.add_argument("--tier", choices=["auto", "cpu"], default="auto",
                         help="cpu: history K/V in pinned host memory")
@@ -153,14 +157,17 @@ def main() -> None:
             latents = {}
             for quantize in args.quantize:
                 native = None
-                for retrieval in (False, True):
+                for retrieval in () if args.profile_only else (False, True):
+                    if ("retrieval" if retrieval else "native") not in args.modes:
+                        continue
                     r = measure(config(t, retrieval, quantize))
-                    native = native or r["seconds"]
+                    native = native or (None if retrieval else r["seconds"])
+                    ratio = f"{r['seconds'] / native:.2f}x" if native else "-"
                     tm, mem, res = r["timings"], r["memory"], r["resolved"] or {}
                     where = (f"{res.get('storage', args.storage)}, {res.get('tier', args.tier)}, "
                              f"{mem['kv_pool_bytes'] / gib:.1f}")
                     print(f"| {t} | {quantize} | {r['mode']} | {r['seconds']:.2f} | "
-                          f"{(4 * t - 3) / r['seconds']:.1f} | {r['seconds'] / native:.2f}x | "
+                          f"{(4 * t - 3) / r['seconds']:.1f} | {ratio} | "
                           f"{tm['denoise']:.2f} | {tm['recache']:.2f} | {tm['plan_gather']:.2f} | "
                           f"{tm['retrieval']:.2f} | {r['gpu_peak'] / gib:.2f} | "
                           f"{r['host_growth'] / gib:+.2f} ({r['host_peak_growth'] / gib:+.2f}) | "
@@ -168,7 +175,8 @@ def main() -> None:
                           f"{mem['kv_dropped_frames']} | {tm['memory_setup']:.1f} | "
                           f"{r['setup'] - tm['memory_setup']:.1f} |", flush=True)
                     latents[quantize] = r["latents"]
-                if args.profile and t == frames[0] and not args.tiny:
+                if (args.profile or args.profile_only) and t == frames[0] and not args.tiny \
+                        and quantize == args.quantize[0]:
                     profiles.append((f"{t} frames, {quantize}",
                                      profile_block(config(t, True, quantize), PROFILED_BLOCK)))
             if "float8" in latents and "none" in latents:

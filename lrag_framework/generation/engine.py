@@ -1,4 +1,5 @@
-"""The block loop: plan context -> denoising steps -> embed, index, retrieve next -> recache.
+"""The block loop: plan context -> denoising steps -> recache, and beside it embed, index,
+retrieve next.
 
 The engine owns every random draw (one CPU generator per stream, drawn in a fixed order whether or
 not retrieval runs, so native and retrieval runs see identical noise; a block's noise is drawn at
@@ -7,6 +8,7 @@ context plan; a backbone only prepares the planned context, denoises and returns
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,6 +21,31 @@ from ..interfaces import Backbone, Conditioning, Context, Embedder, Retriever
 from .memory import KVMemory
 from .plan import Geometry, Plan, plan_block
 from .timing import Stopwatch
+
+
+def _event(stream: torch.cuda.Stream | None) -> torch.cuda.Event | None:
+    """An event recorded on the current stream (None without a side ``stream``)."""
+    if stream is None:
+        return None
+    event = torch.cuda.Event()
+    event.record()
+    return event
+
+
+@contextmanager
+def _beside(stream: torch.cuda.Stream | None, ready: torch.cuda.Event | None, *inputs: Tensor):
+    """Run the body on the side ``stream`` once ``ready`` has passed on the current one (in line
+    without a stream). The current stream runs on meanwhile, so a host sync inside the body (a
+    retriever's search results) waits for the body's own work, not for the queued passes;
+    ``inputs`` made on the current stream stay allocated until the side stream is done."""
+    if stream is None:
+        yield
+        return
+    stream.wait_event(ready)
+    for t in inputs:
+        t.record_stream(stream)
+    with torch.cuda.stream(stream):
+        yield
 
 
 def stream_generator(seed: int, stream: int) -> torch.Generator:
@@ -119,6 +146,8 @@ class Engine:
             check_embedder_signals(self.embedder, cond)
             self.retriever.reset()
         log, nothing = [], [[] for _ in range(b)]
+        side = torch.cuda.Stream(self.device) if self.retrieving and self.device.type == "cuda" \
+            else None  # embedding and retrieval run there, beside the recache pass
         plan = plan_block(g, 0, ends[0], nothing)  # the first block retrieves nothing
         for i, (start, end) in enumerate(zip(starts, ends)):
             if start in switches and start > 0:
@@ -135,22 +164,27 @@ class Engine:
                 else:
                     init = None if initial_noise is None else initial_noise[:, start:end]
                     clean = self._denoise(cond, prepared, generators, ts, end - start, init)
-            with clock("retrieval"):  # the next block's context, known before this recache:
+            with clock("retrieval"):
                 after = ends[i + 1] - end if end < num_frames else g.block  # a last block may
                 memory.reserve(start, end - start,  # be shorter: it sees older frames
                                droppable_below=g.first_cached(end, after), keep=g.sink)
+            with clock("recache"):  # launched first: the retrieval below waits for its results
+                denoised = _event(side)
+                kv = self.backbone.recache(clean, cond, prepared)
+                out[:, start:end] = clean.float()
+            with clock("retrieval"):  # the next block's context, beside the recache pass
                 if end < num_frames:
                     retrieved = nothing
                     if self.retrieving:
-                        retrieved, entry = self._retrieve(self._index(clean, cond, start), memory, end,
-                                                          segments)
+                        with _beside(side, denoised, clean):
+                            retrieved, entry = self._retrieve(self._index(clean, cond, start),
+                                                              memory, end, segments)
                         log.append(entry)
                     plan = plan_block(g, end, after, retrieved)
                     if self.retrieving:  # the host tier's copy overlaps the recache pass
-                        memory.prefetch(plan.frame_ids, end)
+                        memory.prefetch(plan.frame_ids, end, denoised)
             with clock("recache"):
-                memory.store(start, self.backbone.recache(clean, cond, prepared))
-                out[:, start:end] = clean.float()
+                memory.store(start, kv)
             if on_block:
                 on_block(end, clean)
         mem = {"kv_pool_bytes": memory.bytes, "kv_frame_bytes": memory.frame_bytes,
@@ -170,7 +204,7 @@ class Engine:
         """Top-K of the eligible frames for each stream; ``segments`` [B, T]: prompt segment of
         every frame (retrieval stays inside the current one unless ``cross_segments``)."""
         b = segments.shape[0]
-        mask = self.g.eligible(start, memory.has_kv()).expand(b, -1)  # [B, T]
+        mask = self.g.eligible(start, memory.has_kv()).expand(b, -1)  # [B, T] on the CPU
         if not self.opt.cross_segments:
             mask = mask & (segments[:, :start] == segments[:, start:start + 1])
         entry = {"block_start": start, "query_frame": start - 1,
@@ -179,7 +213,8 @@ class Engine:
                  "scores": [[] for _ in range(b)]}
         if entry["eligible"] == 0:
             return entry["ids"], entry
-        result = self.retriever.search(query, self.g.k, mask.to(query.device))
+        mask_there = mask.to(query.device, non_blocking=True)  # no sync: a host-to-device copy
+        result = self.retriever.search(query, self.g.k, mask_there)
         ids, scores, counts = check_search_result(result, self.g.k, mask, self.retriever, start)
         for s in range(b):
             n = int(counts[s])

@@ -90,7 +90,7 @@ class FrameStore:
     def put(self, rows: Tensor, values: Tensor, scale: Tensor | None) -> None:
         """Write frame rows (``values`` [n, L, 2, ...] on any device) at row indices [n]."""
         if self.values.device == values.device:
-            rows = rows.to(values.device)
+            rows = rows.to(values.device, non_blocking=True)  # row ids: copied without a sync
             self.values[rows] = values
             if scale is not None:
                 self.scale[rows] = scale
@@ -104,7 +104,7 @@ class FrameStore:
         """Rows [n] -> values [n, L, 2, ...] and scales on ``device`` (one copy per row when
         crossing from host to device, issued on the current stream)."""
         if self.values.device == device:
-            rows = rows.to(device)
+            rows = rows.to(device, non_blocking=True)
             scale = None if self.scale is None else self.scale.index_select(0, rows)
             return self.values.index_select(0, rows), scale
         values = torch.empty((len(rows), *self.values.shape[1:]), dtype=self.values.dtype,
@@ -263,14 +263,19 @@ class KVMemory:
         b = torch.arange(frame_ids.shape[0])[:, None].expand_as(frame_ids)
         return (b * self.capacity + slots)[~in_ring]
 
-    def prefetch(self, frame_ids: Tensor, start: int) -> None:
+    def prefetch(self, frame_ids: Tensor, start: int, after: torch.cuda.Event | None = None
+                 ) -> None:
         """Start copying the pool frames that ``gather(frame_ids, start)`` will need from the
-        host to the device on a side stream (tier ``cpu`` on a GPU; otherwise nothing)."""
+        host to the device on a side stream (tier ``cpu`` on a GPU; otherwise nothing), once
+        the compute stream has passed ``after`` (default: all its work queued so far)."""
         if self.side is None:
             return
         in_ring, slots = self._split(frame_ids, start)
         rows = self._pool_rows(frame_ids, in_ring, slots)
-        self.side.wait_stream(torch.cuda.current_stream(self.device))  # stored frames first
+        if after is None:  # frames stored so far first
+            self.side.wait_stream(torch.cuda.current_stream(self.device))
+        else:
+            self.side.wait_event(after)
         with torch.cuda.stream(self.side):
             values, scale = self.pool.take(rows, self.device)
         event = torch.cuda.Event()
@@ -311,7 +316,7 @@ class KVMemory:
     def _merge(in_ring: Tensor, ring_values: Tensor, ring_scale: Tensor | None,
                pool_values: Tensor, pool_scale: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Interleave ring rows and pool rows back into planned order [B * F, ...]."""
-        mask = in_ring.flatten().to(ring_values.device)
+        mask = in_ring.flatten().to(ring_values.device, non_blocking=True)
         values = ring_values.new_empty((len(mask), *ring_values.shape[1:]))
         values[mask], values[~mask] = ring_values, pool_values
         if ring_scale is None:

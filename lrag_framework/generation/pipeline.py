@@ -264,14 +264,26 @@ class Pipeline:
     def warm_up(self) -> float:
         """Discarded blocks until the window is full (every context size the run will see, with
         the run's memory storage), so one-time costs (kernels, allocator, compilation) stay out
-        of the timings. Always on a device pool: a host pool is page-locked once, for the run."""
+        of the timings. Always on a device pool: a host pool is page-locked once, for the run.
+        When the run decodes video, its first two blocks are decoded too (a stream's first
+        block and a later one, at the batch size: a compiled or autotuned decoder is ready)."""
         t = time.perf_counter()
         g = self.geometry
         engine = Engine(self.backbone, None, None,
                         self._options(self.geometry_of("native"), tier="auto"),
                         self.device)
         cond = self.backbone.encode_conditioning(self.cfg.conditionings[:1], self.num_frames)
-        engine.generate(cond, [stream_generator(0, 0)], min(self.num_frames, g.window + g.block))
+        out = engine.generate(cond, [stream_generator(0, 0)],
+                              min(self.num_frames, g.window + g.block))
+        if self.cfg.output.video or any(r is not None for r in self.references):
+            import torch
+
+            decode = self.backbone.stream_decoder()
+            batch = min(self.cfg.generation.batch_size, len(self.streams))
+            latents = out.latents.expand(batch, *out.latents.shape[1:])  # [B, T, C, H, W]
+            with torch.no_grad():
+                for start in range(0, min(2 * g.block, latents.shape[1]), g.block):
+                    decode(latents[:, start:start + g.block].to(self.device))
         return time.perf_counter() - t
 
     # ------------------------------------------------------------------------ the batch loop
@@ -327,12 +339,16 @@ class Pipeline:
                 if video is not None:
                     video.append(clean)
 
-            with video.batch(ids) if video is not None else contextlib.nullcontext():
-                out = engine.generate(
-                    cond, [s.generator for s in batch], self.num_frames,
-                    prefix=None if self.prefix is None else self.prefix[ids],
-                    initial_noise=None if self.initial_noise is None else self.initial_noise[ids],
-                    on_block=on_block, done=done)
+            try:
+                with video.batch(ids) if video is not None else contextlib.nullcontext():
+                    out = engine.generate(
+                        cond, [s.generator for s in batch], self.num_frames,
+                        prefix=None if self.prefix is None else self.prefix[ids],
+                        initial_noise=None if self.initial_noise is None
+                        else self.initial_noise[ids], on_block=on_block, done=done)
+            finally:  # a stopped run keeps every block it finished
+                if state is not None:
+                    state.flush()
             parts.append(out.latents)
             for entry in out.log:
                 entry["streams"] = ids

@@ -65,12 +65,33 @@ class ModeState:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self._pending = None  # (streams, start, latents, copied event or None): not written yet
 
     def _batch(self, streams: list[int]) -> Path:
         return self.folder / f"batch_{streams[0]:03d}"
 
     def save_block(self, streams: list[int], start: int, clean: Tensor) -> None:
-        """The clean latents [B, F, C, H, W] of frames [start, start + F) of a batch."""
+        """The clean latents [B, F, C, H, W] of frames [start, start + F) of a batch, written
+        one block late (at the next ``save_block``, ``finish_batch`` or ``flush``): on CUDA
+        they are copied to page-locked memory without a host sync, and by the next block the
+        copy has long landed, so saving never stops the GPU. ``clean`` must not change after."""
+        self.flush()
+        copied = None
+        if clean.device.type == "cuda":
+            host = torch.empty(clean.shape, dtype=clean.dtype, pin_memory=True)
+            clean = host.copy_(clean, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+        self._pending = (streams, start, clean, copied)
+
+    def flush(self) -> None:
+        """Write the block ``save_block`` holds back, if any."""
+        if self._pending is None:
+            return
+        streams, start, clean, copied = self._pending
+        self._pending = None
+        if copied is not None:
+            copied.synchronize()
         folder = self._batch(streams)
         folder.mkdir(parents=True, exist_ok=True)
         end = start + clean.shape[1]
@@ -96,6 +117,7 @@ class ModeState:
         return any(self.folder.glob("batch_*/block_*.safetensors"))
 
     def finish_batch(self, streams: list[int], log: list[dict]) -> None:
+        self.flush()
         write_json(self._batch(streams) / "done.json", {"streams": streams, "log": log})
 
     def batch_done(self, streams: list[int]) -> list[dict] | None:

@@ -64,7 +64,8 @@ class WanParams(BaseModel):
         "TAEHV), e.g. cuda:1: the DiT on one GPU, decoding beside it on another; default: the "
         "compute device")
     vae_compile: bool = Field(False, description="torch.compile the VAE decoder on CUDA "
-                              "(compiled at the first block; see docs/vae.md)")
+                              "(compiled in the run's warm-up when video is written; see "
+                              "docs/vae.md)")
     quantize: Literal["none", "float8"] = Field(
         "none", description="float8: the DiT's linear layers in float8 (torchao, dynamic "
         "per-row scales; CUDA with compute capability >= 8.9, bf16; pip install "
