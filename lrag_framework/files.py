@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import secrets
 import shutil
 import struct
 from pathlib import Path
@@ -30,19 +32,43 @@ class CheckpointError(ComponentError):
 # ---------------------------------------------------------------------------- atomic writes
 
 def partial_name(path: str | Path) -> Path:
-    """The sibling name a file carries while it is written: ``dir/NAME.partial.SUFFIX``."""
+    """The sibling name of a playable partial output (a growing video) until it is complete:
+    ``dir/NAME.partial.SUFFIX``. Not a temporary file: a stopped run keeps it."""
     path = Path(path)
     return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
+def _new_temp(path: Path) -> Path:
+    """A new empty file beside ``path`` under a unique hidden name that keeps the suffix
+    (ffmpeg and matplotlib pick the format from it): created with ``O_EXCL`` (as
+    ``tempfile.mkstemp``, but with the mode the umask gives a new file, not 0600)."""
+    while True:
+        tmp = path.with_name(f".{path.stem[:48]}.{os.getpid()}-{secrets.token_hex(4)}"
+                             f".tmp{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds."""
+    """Yield a new temporary file beside ``path`` (unique per call: concurrent writers of one
+    target never share it); rename it onto ``path`` only if the block succeeds, else remove
+    it. Every complete file the project writes goes through here (the one write mechanism)."""
     path = Path(path)
-    tmp = partial_name(path)  # keeps the suffix (ffmpeg picks the container from it)
+    try:
+        tmp = _new_temp(path)
+    except OSError as err:  # e.g. a read-only file system: name the file, not its temporary
+        raise OSError(err.errno, err.strerror, str(path)) from None
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:  # e.g. a full disk
+        if err.filename != str(tmp):
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -64,6 +90,27 @@ def atomic_dir(folder: str | Path):
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def os_error_text(err: OSError) -> str:
+    """``FILE: what the system said (ENAME)``, e.g. a full disk or a read-only file system."""
+    name = errno.errorcode.get(err.errno or 0)
+    what = f"{err.strerror or err}" + (f" ({name})" if name else "")
+    return f"{err.filename}: {what}" if err.filename else what
+
+
+def folder_error(folder: str | Path) -> str | None:
+    """Why ``folder`` could not be created (or written into): its nearest existing ancestor is
+    not a folder or not writable; None when it looks possible (a full disk or a file system
+    that refuses new entries shows only when writing)."""
+    at = Path(folder)
+    while not at.exists() and at != at.parent:
+        at = at.parent
+    if not at.is_dir():
+        return f"cannot create {folder}: {at} is not a folder"
+    if not os.access(at, os.W_OK | os.X_OK):
+        return f"cannot create {folder}: {at} is not writable"
+    return None
 
 
 def write_text(path: str | Path, text: str) -> None:

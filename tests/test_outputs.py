@@ -1,5 +1,7 @@
 """Outputs are atomic: a failure never leaves a file under its final name."""
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -27,6 +29,25 @@ def test_interrupt_keeps_previous_file(tmp_path):
             raise KeyboardInterrupt
     assert json.loads(target.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_concurrent_atomic_writes_never_share_a_temporary_file(tmp_path):
+    """Two writers of one target at once (ranks on a shared cache): each gets its own hidden
+    temporary file with the target's suffix and the umask's mode (not mkstemp's 0600); the
+    last rename wins with a whole file; nothing is left over."""
+    target = tmp_path / "shared.json"
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(target) as a, atomic_path(target) as b:
+            assert a != b and a.parent == b.parent == tmp_path
+            assert a.name.startswith(".") and a.suffix == b.suffix == ".json"
+            assert stat.S_IMODE(a.stat().st_mode) == 0o644
+            a.write_text('{"writer": "a"}')
+            b.write_text('{"writer": "b"}')
+    finally:
+        os.umask(umask)
+    assert json.loads(target.read_text()) == {"writer": "a"}  # a's block closed last
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.json"]
 
 
 def test_mp4_is_playable_h264(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from lrag_adapters.wan import text_encoder as te
 from lrag_adapters.wan.loading import CheckpointError
+from lrag_framework.files import read_metadata, write_tensors
 from lrag_adapters.wan.text_encoder import (
     T5Config,
     TextEncoder,
@@ -216,7 +217,9 @@ def test_cache_skips_the_encoder(tmp_path, checkpoint, tokenizer_dir, monkeypatc
     files = sorted(cache.iterdir())
     assert len(files) == 2 and all(f.suffix == ".safetensors" for f in files)  # no temp left
     with safe_open(first.cache_path("the dog"), "pt") as f:
-        assert f.metadata()["prompt"] == "the dog" and list(f.keys()) == ["prompt_embeds"]
+        assert list(f.keys()) == ["prompt_embeds"]
+    meta = read_metadata(first.cache_path("the dog"))  # written by files.write_tensors
+    assert meta["prompt"] == "the dog" and meta["encoder"] == first.identity
 
     def refuse(*args, **kwargs):
         raise AssertionError("a cached prompt must not build the tokenizer or the encoder")
@@ -260,7 +263,8 @@ def _cache_writer(checkpoint, tokenizer_dir, cache, expected, target, writer, ba
     if not all(torch.equal(o, want[p]) for o, p in zip(out, want)):
         sys.exit(3)
     for _ in range(150):
-        te._save_atomic(Path(target), torch.full((64, 32), float(writer)), {"writer": str(writer)})
+        write_tensors(Path(target), {"prompt_embeds": torch.full((64, 32), float(writer))},
+                      {"writer": writer})
 
 
 def test_concurrent_writers_share_the_prompt_cache(tmp_path, checkpoint, tokenizer_dir):
@@ -276,7 +280,8 @@ def test_concurrent_writers_share_the_prompt_cache(tmp_path, checkpoint, tokeniz
     expected = tmp_path / "expected.safetensors"
     save_file(dict(zip(prompts, reference)), expected)
     cache, target = tmp_path / "cache", tmp_path / "cache" / "shared.safetensors"
-    te._save_atomic(target, torch.full((64, 32), -1.0), {"writer": "-1"})
+    target.parent.mkdir()
+    write_tensors(target, {"prompt_embeds": torch.full((64, 32), -1.0)}, {"writer": -1})
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(3)
     procs = [ctx.Process(target=_cache_writer, args=(checkpoint, tokenizer_dir, cache, expected,

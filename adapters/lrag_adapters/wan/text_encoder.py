@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lrag_framework.devices import resolve_device
-from lrag_framework.files import fingerprint
+from lrag_framework.files import fingerprint, write_tensors
 from lrag_framework.interfaces import ComponentError
 
 from .loading import CheckpointError
@@ -319,21 +318,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/lrag").expanduser() / "prompts"
 
 
-def _save_atomic(path: Path, embedding: Tensor, metadata: dict[str, str]) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:16]}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"prompt_embeds": embedding.contiguous()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class TextEncoder:
     """Prompts -> umT5 embeddings ``[Lt, dim]`` (Lt real tokens incl. EOS) for the Wan backbone,
     through an on-disk cache: one safetensors file per (prompt, encoder) holding
@@ -388,7 +372,9 @@ class TextEncoder:
         for start in range(0, len(missing), self.batch_size):
             batch = missing[start:start + self.batch_size]
             for prompt, embedding in zip(batch, self._run(batch)):
-                _save_atomic(paths[prompt], embedding, {"prompt": prompt, "encoder": self.identity})
+                paths[prompt].parent.mkdir(parents=True, exist_ok=True)
+                write_tensors(paths[prompt], {"prompt_embeds": embedding},
+                              {"prompt": prompt, "encoder": self.identity})
         return [load_file(paths[p])["prompt_embeds"].float() for p in prompts]
 
     def _run(self, prompts: list[str]) -> list[Tensor]:
