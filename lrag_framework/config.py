@@ -268,6 +268,21 @@ def config_record(cfg: BaseModel) -> dict:
     return cfg.model_dump(mode="json", fallback=fallback)
 
 
+def config_differences(old: dict, new: dict, then: str = "in the run",
+                       prefix: str = "") -> list[str]:
+    """``key: OLD in the run, NEW now`` for every leaf that differs between two config records
+    (``then`` names where the old one comes from): the one form of every refusal of a changed
+    config (``lrag run --resume``, a suite's resume, a resumed ``collect-latents``)."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, then, name + ".")
+        elif a != b:
+            out.append(f"{name}: {json.dumps(a)[:60]} {then}, {json.dumps(b)[:60]} now")
+    return out
+
+
 def validation_errors(err: ValidationError, prefix: str = "") -> list[str]:
     """One ``dotted.location: message`` line per pydantic error (the project's one format)."""
     out = []

@@ -264,6 +264,7 @@ def test_collect_latents_is_resumable_and_matches_lrag_run(tmp_path, monkeypatch
     for i in range(3):
         torch.testing.assert_close(c.frames(i), reference[i], rtol=0, atol=0)
 
-    with pytest.raises(ConfigError, match="different collection"):
+    with pytest.raises(ConfigError, match="different collection") as err:
         collect_latents(load_corpus_config(write_yaml(tmp_path, corpus_config(out)),
                                            ["run.generation.seed=4"]))
+    assert "run.generation.seed: 3 in the collection, 4 now" in err.value.errors

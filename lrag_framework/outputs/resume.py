@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..config import ConfigError
+from ..config import ConfigError, config_differences
 from ..files import read_tensors, write_json, write_tensors
 
 REQUEST = "resume.json"
@@ -46,18 +46,6 @@ def tensor_sha256(x: Tensor | None) -> str | None:
     h = hashlib.sha256(f"{list(data.shape)} {data.dtype}".encode())
     h.update(data.view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """``key: old -> new`` for every leaf that differs between two config records."""
-    out = []
-    for key in sorted(set(old) | set(new), key=str):
-        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, name + ".")
-        elif a != b:
-            out.append(f"{name}: {json.dumps(a)[:60]} in the run, {json.dumps(b)[:60]} now")
-    return out
 
 
 class ModeState:
@@ -171,7 +159,7 @@ class RunState:
 
     def check_same(self, old: dict, new: dict) -> None:
         """Refuse a resume whose config, overrides or inputs differ from the run's."""
-        errors = config_differences(old["config"], new["config"], "")
+        errors = config_differences(old["config"], new["config"])
         for key in ("prefix_sha256", "initial_noise_sha256"):
             if old.get(key) != new.get(key):
                 errors.append(f"{key.removesuffix('_sha256')}: the start frames or noise "

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..config import ConfigError, PrefixConfig, load_config
+from ..config import ConfigError, PrefixConfig, config_differences, config_record, load_config
 from ..distributed import World, rank_device
 from ..files import append_jsonl, read_jsonl, write_json, write_jsonl, write_tensors, write_yaml
 from ..generation.pipeline import Pipeline, Stream
@@ -81,9 +81,11 @@ def run_suite(config=None, prompts: str | Path | None = None, overrides: list[st
             raise ConfigError([f"--resume: {run_dir} is not a suite run directory (no "
                                f"{SUITE_FILE})"])
         cfg = load_config(run_dir / "config.yaml")
-        if overrides and load_config(run_dir / "config.yaml", overrides) != cfg:
+        diff = overrides and config_differences(
+            config_record(cfg), config_record(load_config(run_dir / "config.yaml", overrides)))
+        if diff:
             raise ConfigError([f"--resume: --set {' '.join(overrides)} changes the config of "
-                               f"{run_dir}; a suite is finished with the config it began"])
+                               f"{run_dir}; a suite is finished with the config it began"] + diff)
         items = items_from_dicts(json.loads((run_dir / SUITE_FILE).read_text())["items"])
     else:
         cfg = load_config(config, overrides)

@@ -21,22 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from torch import Tensor
 
-from ..config import ConfigError, RunConfig, apply_overrides, read_config, validate, \
-    validation_errors
+from ..config import ConfigError, RunConfig, Strict, apply_overrides, config_differences, \
+    read_config, validate, validation_errors
 from ..devices import DTYPES
-from ..files import write_json, write_tensors
+from ..files import folder_error, write_json, write_tensors
 
 SCHEMA_VERSION = 1
 MANIFEST = "corpus.json"
 
 
-class CorpusConfig(BaseModel):
+class CorpusConfig(Strict):
     """``collect-latents`` config: a run config, where to write, how many videos per shard."""
 
-    model_config = ConfigDict(extra="forbid")
     run: dict[str, Any] = Field(description="a run config (as for ``lrag run``): backbone, "
                                 "conditionings, samples_per_conditioning, generation, retrieval")
     out_dir: str
@@ -123,10 +122,11 @@ def _check_manifest(path: Path, manifest: dict) -> None:
     """A resumed collection must be the same collection: same run, shard size and dtype."""
     old = json.loads(path.read_text())
     keys = ("schema_version", "run", "shard_size", "dtype")
-    diff = [k for k in keys if old.get(k) != manifest[k]]
+    diff = config_differences({k: old.get(k) for k in keys}, {k: manifest[k] for k in keys},
+                              then="in the collection")
     if diff:
-        raise ConfigError([(f"{path} was written by a different collection ({', '.join(diff)} "
-                            f"differ); use another out_dir or remove it")])
+        raise ConfigError([f"{path} was written by a different collection; use another "
+                           f"out_dir or remove it"] + diff)
 
 
 def collect_latents(cfg: CorpusConfig, progress: Callable[[int], object] | None = None) -> dict:
@@ -138,7 +138,11 @@ def collect_latents(cfg: CorpusConfig, progress: Callable[[int], object] | None 
         run = validate(cfg.run)
     except ConfigError as err:
         raise ConfigError([f"run.{e}" for e in err.errors]) from None
+    run = run.model_copy(update={"output": run.output.model_copy(update={"video": False})})
     out = Path(cfg.out_dir)
+    problem = folder_error(out)
+    if problem:
+        raise ConfigError([f"out_dir: {problem}"])
     manifest = _manifest(cfg, run)
     if (out / MANIFEST).exists():
         _check_manifest(out / MANIFEST, manifest)
