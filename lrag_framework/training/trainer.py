@@ -22,21 +22,18 @@ from typing import Callable
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from ..config import ComponentConfig, ConfigError, apply_overrides, component_errors, \
+from ..config import ComponentConfig, ConfigError, Strict, apply_overrides, component_errors, \
     read_config, validation_errors
 from ..devices import resolve_device
-from ..files import (append_jsonl, atomic_dir, is_checkpoint, load_optimizer, load_state_strict,
-                     read_jsonl, read_tensors, save_optimizer, write_jsonl, write_yaml)
+from ..files import (append_jsonl, atomic_dir, folder_error, is_checkpoint, load_optimizer,
+                     load_state_strict, read_jsonl, read_tensors, save_optimizer, write_jsonl,
+                     write_yaml)
 from ..interfaces import LossInputs
 from .components import LossConfig, WeightedLoss, trainable_model
 
 STATE_FILE, WEIGHTS_FILE = "trainer_state.json", "model.safetensors"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class RetrievalEvalConfig(Strict):
@@ -241,7 +238,13 @@ def train_embedder(cfg: TrainConfig,
                   "eval_every steps): remove it")
         raise ConfigError([f"run_dir {run_dir} already has a checkpoints folder: {advice}, "
                            f"or choose another run_dir"])
-    corpus = LatentCorpus(cfg.corpus)
+    problem = folder_error(run_dir)
+    if problem:
+        raise ConfigError([f"run_dir: {problem}"])
+    try:
+        corpus = LatentCorpus(cfg.corpus)
+    except ValueError as err:
+        raise ConfigError([f"corpus: {err} (lrag collect-latents writes one)"]) from None
     train, val = split_videos(corpus, cfg)
     embedder = registry.build("embedder", cfg.embedder.name, cfg.embedder.params).to(device)
     model = trainable_model(embedder, cfg.embedder.name)
