@@ -100,6 +100,10 @@ class TinyBackbone(Backbone):
         if isinstance(item, dict):
             item = _world_clip(item, num_frames)[1]
         if isinstance(item, (str, Path)):
+            if not Path(item).is_file():
+                raise ValueError(f"tiny backbone: a text conditioning is a path to a .npy file "
+                                 f"of actions [T, {a}], and {str(item)!r} is no file (the tiny "
+                                 f"backbone takes no text prompts: --prompt needs a Wan backbone)")
             item = np.load(item)
         actions = torch.as_tensor(np.asarray(item, dtype=np.float32))
         if actions.ndim != 2 or actions.shape[1] != a or actions.shape[0] < num_frames:
