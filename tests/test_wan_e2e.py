@@ -150,6 +150,35 @@ def test_cli_names_a_missing_checkpoint_without_a_traceback(tmp_path, capsys):
     assert "g.pt not found" in err and "hf download" in err and "Traceback" not in err
 
 
+def test_a_missing_vae_is_one_error_before_the_run_with_the_way_out(base, tmp_path, capsys):
+    """No Wan2.1_VAE.pth: `lrag run` and `lrag validate` name the file, where it goes and
+    `--set output.video=false`, before any folder is made; with that set the run completes
+    without a video (the VAE is never needed)."""
+    import shutil
+
+    from lrag_framework.cli import main
+
+    no_vae = tmp_path / "Wan2.1-T2V-1.3B"
+    shutil.copytree(base, no_vae, ignore=shutil.ignore_patterns("Wan2.1_VAE.pth"))
+    cfg = config(no_vae, tmp_path, image=None)
+    del cfg["prefix"]
+    cfg["generation"] = {"num_frames": 7, "batch_size": 1}
+    cfg["conditionings"], cfg["retrieval"] = [CAT], {"enabled": False}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    for command in ("run", "validate"):
+        assert main([command, str(tmp_path / "c.json")]) == 2
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert f"{no_vae / 'Wan2.1_VAE.pth'} not found" in lines[0]
+        assert "backbone.params.vae_ckpt" in lines[0] and "hf download" in lines[0]
+        assert lines[0].endswith("--set output.video=false")
+        assert not (tmp_path / "runs").exists()
+    assert main(["run", str(tmp_path / "c.json"), "--set", "output.video=false"]) == 0
+    run_dir = tmp_path / "runs" / "t2v"
+    assert (run_dir / "summary.json").is_file() and not list(run_dir.rglob("*.mp4"))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (side-stream decoding)")
 def test_side_stream_decoding_writes_the_decoded_frames_in_order(base, tmp_path, image):
     from lrag_framework.outputs.media import to_uint8_frames

@@ -204,6 +204,8 @@ class Pipeline:
                 f"{everything / gib:.2f} GiB): generate fewer frames or streams")
 
     def _check_video(self) -> None:
+        """The video's size, and its decoder built (its weights read: a missing decoder file
+        is reported here, with the way to run without video, not at the first block)."""
         out, spec = self.cfg.output, self.backbone.spec
         if not out.video:
             return
@@ -212,6 +214,11 @@ class Pipeline:
             raise ConfigError([f"output.video_scale: {out.video_scale} x frames of {h}x{w} "
                                f"pixels gives {h * out.video_scale}x{w * out.video_scale}, over "
                                f"h264's {MAX_VIDEO_SIDE} pixels per side"])
+        try:
+            _built("video decoder", self.cfg.backbone.name, self.backbone.stream_decoder)
+        except ComponentError as err:
+            raise ComponentError(f"output.video: {err}; or run without video: "
+                                 f"--set output.video=false") from None
 
     def _check_prefix_use(self) -> None:
         """A start that holds fewer frames than asked for, or nothing but zeros, is refused."""

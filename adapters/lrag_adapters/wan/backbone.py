@@ -19,7 +19,7 @@ from lrag_framework.interfaces import Backbone, BackboneSpec, ComponentError, Co
 from .conditioning import (WanConditioning, as_segment, check_segments, identity_of,
                            is_segments, read_embedding)
 from .model import WanConfig
-from .presets import WanParams
+from .presets import WAN_BASE_DOWNLOAD, WanParams
 from .rope import TABLE_POSITIONS, WanRope, apply_rope
 from .schedule import FlowSchedule
 
@@ -89,8 +89,13 @@ class WanBackbone(Backbone):
             if p.random_init:
                 vae = random_vae(VAEConfig(dim=p.vae_dim or 96), p.init_seed)
             else:
-                vae = load_vae(self._base_file(p.vae_ckpt, "Wan2.1_VAE.pth", "vae_ckpt"),
-                               None if p.vae_dim is None else VAEConfig(dim=p.vae_dim))
+                path = self._base_file(p.vae_ckpt, "Wan2.1_VAE.pth", "vae_ckpt")
+                if not Path(path).is_file():
+                    raise ComponentError(
+                        f"wan vae: {path} not found: put the Wan2.1 VAE there (Wan2.1_VAE.pth "
+                        f"of the Wan2.1-T2V-1.3B folder: {WAN_BASE_DOWNLOAD}) or set "
+                        f"backbone.params.vae_ckpt to it")
+                vae = load_vae(path, None if p.vae_dim is None else VAEConfig(dim=p.vae_dim))
             self._vae = vae.to(self.decode_device, self.dtype)
             if self.decode_device.type == "cuda":  # the fast path, see docs/vae.md
                 self._vae.channels_last()
