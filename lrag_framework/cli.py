@@ -90,6 +90,7 @@ def run_overrides(args) -> list[str]:
 
 def _run(args) -> int:
     from .distributed import world_from_env
+    from .files import os_error_text
     from .outputs.run_dir import run, stop_message, stopped_run
     from .outputs.suite_dir import is_suite_dir
 
@@ -104,6 +105,10 @@ def _run(args) -> int:
             if isinstance(err, KeyboardInterrupt):
                 _error("interrupted before the first block; nothing was kept")
                 return INTERRUPTED
+            if isinstance(err, OSError) and not isinstance(err, BrokenPipeError):
+                _error(f"run stopped before its first block was saved, nothing was kept: "
+                       f"{os_error_text(err)}")
+                return FAILED
             raise
         _error(stop_message(err))
         return INTERRUPTED if isinstance(err, KeyboardInterrupt) else FAILED
@@ -339,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     except _input_errors() as err:
         _error(err)
         return BAD_INPUT
+    except OSError as err:  # the machine refused (a full disk, a read-only file system)
+        from .files import os_error_text
+
+        _error(os_error_text(err))
+        return FAILED
 
 
 if __name__ == "__main__":

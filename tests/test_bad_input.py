@@ -217,6 +217,24 @@ def test_train_embedder_interrupted_before_first_checkpoint_gives_working_advice
     assert "no complete checkpoint" in err and "set resume to" not in err
 
 
+TRAIN_CASES = [  # the training commands: refused before anything is made
+    ("collect-latents", ["--set", "out_dir={d}/file/corpus"], "out_dir: cannot create"),
+    ("train-embedder", ["--set", "corpus={d}/no_corpus"], "corpus: latent corpus"),
+    ("train-embedder", ["--set", "run_dir={d}/file/train"], "run_dir: cannot create"),
+    ("train-embedder", ["--set", "steps=true"], "steps"),
+]
+
+
+@pytest.mark.parametrize("command, argv, match", TRAIN_CASES)
+def test_training_commands_give_one_clear_error(inputs, command, argv, match):
+    config = f"docs/examples/{command.replace('-', '_')}.yaml"
+    argv = [config, "--set", f"run_dir={inputs / 'runs' / 'train'}", *argv] \
+        if command == "train-embedder" else [config, *argv]
+    assert_one_clear_error([a.replace("{d}", str(inputs)) for a in argv], inputs, match,
+                           command)
+    assert not (inputs / "file").is_dir()
+
+
 # ---------------------------------------------------------------------------- the property
 
 KEYS = ["generation.num_frames", "generation.window", "generation.sink", "generation.seed",

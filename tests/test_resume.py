@@ -1,5 +1,7 @@
 """lrag run --resume: an interrupted run finished bitwise as if never interrupted (CPU)."""
+import errno
 import json
+import os
 
 import pytest
 import torch
@@ -182,3 +184,72 @@ def test_summary_json_of_a_resumed_run_names_what_was_resumed(tmp_path, monkeypa
     summary = json.loads((tmp_path / "runs" / "cut" / "summary.json").read_text())
     assert summary["resumed"]["native"]["blocks_fed_back"] == 1
     assert summary["resumed"]["retrieval"]["blocks_fed_back"] == 0
+
+
+# ---------------------------------------------------------------------------- a full disk, a read-only root
+# Tests run as root, whom chmod does not stop: the OS errors are raised at the one write
+# mechanism (files.atomic_path creating its temporary file), as a full disk or a read-only
+# file system would raise them there.
+
+def refuse_writes(monkeypatch, code: int, name: str):
+    """Every atomic write of a file whose name contains ``name`` fails with errno ``code``."""
+    import os
+
+    from lrag_framework import files
+
+    original = files._new_temp
+
+    def refusing(path):
+        if name in path.name:
+            raise OSError(code, os.strerror(code), str(path.with_name(f".{path.name}.tmp")))
+        return original(path)
+
+    monkeypatch.setattr(files, "_new_temp", refusing)
+    return lambda: monkeypatch.setattr(files, "_new_temp", original)
+
+
+def cli_run(argv):
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["run", *argv])
+    lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
+    assert "Traceback" not in err.getvalue() and len(lines) == 1, err.getvalue()
+    return code, lines[0]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS], ids=["full", "read-only"])
+@pytest.mark.parametrize("name", ["config.yaml", "block_00000_00003"])
+def test_a_write_refused_before_the_first_block_leaves_nothing(tmp_path, monkeypatch, code,
+                                                              name):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(config(tmp_path, compare=False)))
+    refuse_writes(monkeypatch, code, name)
+    got, line = cli_run([str(cfg)])
+    assert got == cli.FAILED and "nothing was kept" in line
+    assert f"{name}" in line and os.strerror(code) in line and errno.errorcode[code] in line
+    assert ".tmp" not in line  # the file is named, not its temporary
+    assert not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS], ids=["full", "read-only"])
+def test_a_write_refused_mid_run_keeps_a_resumable_run(tmp_path, monkeypatch, code):
+    full = lrag_framework.run(config(tmp_path), ["output.name=full"])
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps(config(tmp_path)))
+    restore = refuse_writes(monkeypatch, code, "block_00009_00012")  # native, after 3 blocks
+    got, line = cli_run([str(cfg), "--set", "output.name=cut"])
+    cut = tmp_path / "runs" / "cut"
+    assert got == cli.FAILED and os.strerror(code) in line
+    assert f"lrag run --resume {cut}" in line
+    kept = files_of(cut)
+    assert {f"native/state/batch_000/block_{a:05d}_{a + 3:05d}.safetensors"
+            for a in (0, 3, 6)} <= kept
+    assert "native/stream_000.partial.mp4" in kept and "summary.json" not in kept
+    assert not any(".tmp" in f for f in kept)
+    restore()
+    resumed = lrag_framework.run(resume=cut)
+    same_outputs(full, resumed)
+    assert resumed.summary["resumed"]["native"]["blocks_fed_back"] == 3

@@ -10,7 +10,6 @@ only when complete (``files``).
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -21,7 +20,8 @@ from typing import Callable
 from torch import Tensor
 
 from ..config import ConfigError, RunConfig, config_record, load_config
-from ..files import read_tensors, write_json, write_jsonl, write_tensors, write_yaml
+from ..files import (folder_error, os_error_text, read_tensors, write_json, write_jsonl,
+                     write_tensors, write_yaml)
 from ..generation.engine import Generation
 from ..generation.pipeline import Pipeline
 from ..generation.plan import Geometry
@@ -50,8 +50,12 @@ def stopped_run(err: BaseException) -> Path | None:
 def stop_message(err: BaseException) -> str:
     """One line: what stopped the run, what was kept, how to resume."""
     run_dir = stopped_run(err)
-    what = ("interrupted" if isinstance(err, KeyboardInterrupt)
-            else f"failed: {type(err).__name__}: {' '.join(str(err).split())}")
+    if isinstance(err, KeyboardInterrupt):
+        what = "interrupted"
+    elif isinstance(err, OSError):  # the machine refused: a full disk, a read-only file system
+        what = f"failed: {os_error_text(err)}"
+    else:
+        what = f"failed: {type(err).__name__}: {' '.join(str(err).split())}"
     return (f"run {what}; kept {run_dir} (complete files, playable .partial videos, the blocks "
             f"done so far): lrag run --resume {run_dir}")
 
@@ -93,12 +97,9 @@ def output_errors(cfg: RunConfig) -> None:
     if cfg.output.name and (root / cfg.output.name).exists():
         raise ConfigError([f"output.name: run directory {root / cfg.output.name} exists; runs "
                            f"are never overwritten: choose another output.name"])
-    at = root
-    while not at.exists() and at != at.parent:
-        at = at.parent
-    if not at.is_dir() or not os.access(at, os.W_OK | os.X_OK):
-        what = "is not a folder" if not at.is_dir() else "is not writable"
-        raise ConfigError([f"output.root: cannot create {root}: {at} {what}"])
+    problem = folder_error(root)
+    if problem:
+        raise ConfigError([f"output.root: {problem}"])
 
 
 def request(cfg: RunConfig, pipe: Pipeline) -> dict:
@@ -180,6 +181,8 @@ class RunWriter:
         except BaseException as err:
             if not resuming and not self.state.has_blocks():
                 shutil.rmtree(run_dir, ignore_errors=True)
+                err.add_note("the run stopped before its first block was saved; nothing "
+                             "was kept")
                 raise
             err.lrag_run_dir = run_dir
             err.add_note(stop_message(err))
