@@ -179,6 +179,7 @@ def test_an_interrupted_suite_keeps_its_videos_and_resumes(tmp_path, monkeypatch
     monkeypatch.setattr(Pipeline, "generate", generate)
     assert cli.main(["run", "--resume", str(run_dir), "--set", "generation.num_frames=12"]) \
         == cli.BAD_INPUT  # a suite is finished with its own config
+    assert "generation.num_frames: 24 in the run, 12 now" in capsys.readouterr().err
     assert cli.main(["run", "--resume", str(run_dir)]) == cli.OK
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["skipped_complete"] == 1 and summary["ok"] == 3
