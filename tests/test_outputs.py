@@ -72,6 +72,25 @@ def test_tensors_round_trip_with_metadata(tmp_path):
         assert json.loads(f.metadata()["streams"]) == [1, 2]
 
 
+def test_safetensors_bytes_do_not_depend_on_metadata_order(tmp_path):
+    """Same tensors and metadata, same file bytes (safetensors writes its header in hash
+    order; the header is rewritten sorted), whatever order the dicts were built in."""
+    import struct
+
+    from lrag_framework.files import tensor_bytes
+
+    tensors = {f"t{i}": torch.full((2, i + 1), float(i)) for i in range(8)}
+    meta = {f"key_{i}": [i, str(i)] for i in range(12)}
+    a = tensor_bytes(tensors, meta)
+    b = tensor_bytes(dict(reversed(tensors.items())), dict(reversed(meta.items())))
+    assert a == b
+    (n,) = struct.unpack("<Q", a[:8])
+    header = json.loads(a[8:8 + n])
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == sorted(meta)
+    write_tensors(tmp_path / "a.safetensors", tensors, meta)
+    assert (tmp_path / "a.safetensors").read_bytes() == a
+
+
 def test_read_jsonl_skips_a_torn_last_line(tmp_path):
     from lrag_framework.files import append_jsonl, read_jsonl
 

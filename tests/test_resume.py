@@ -193,8 +193,6 @@ def test_summary_json_of_a_resumed_run_names_what_was_resumed(tmp_path, monkeypa
 
 def refuse_writes(monkeypatch, code: int, name: str):
     """Every atomic write of a file whose name contains ``name`` fails with errno ``code``."""
-    import os
-
     from lrag_framework import files
 
     original = files._new_temp

@@ -179,6 +179,50 @@ def test_a_missing_vae_is_one_error_before_the_run_with_the_way_out(base, tmp_pa
     assert (run_dir / "summary.json").is_file() and not list(run_dir.rglob("*.mp4"))
 
 
+def clip(path, frames):
+    """An mp4 of ``frames`` frames at the tiny Wan's pixel size (32 x 48), a moving ramp."""
+    from lrag_framework.outputs.media import StreamingVideoWriter
+
+    ramp = np.linspace(0, 255, 48, dtype=np.uint8)
+    with StreamingVideoWriter(path, fps=16) as writer:
+        for t in range(frames):
+            frame = np.zeros((1, 32, 48, 3), np.uint8)
+            frame[..., 0], frame[..., 1] = np.roll(ramp, 3 * t), 6 * t % 256
+            writer.append(frame)
+    return path
+
+
+def test_a_video_start_of_other_than_1_plus_4k_frames_is_cut_to_whole_latent_frames(
+        base, tmp_path, capsys):
+    """`lrag run --video` with a 7-frame clip starts from its first 5 frames (2 latent frames);
+    a clip longer than the run is refused before anything is written."""
+    from lrag_framework.cli import main
+    from lrag_framework.outputs.media import read_video
+
+    cfg = config(base, tmp_path, image=None)
+    del cfg["prefix"]
+    cfg["generation"] = {"num_frames": 8, "batch_size": 1}
+    cfg["conditionings"], cfg["retrieval"] = [CAT], {"enabled": False}
+    cfg["output"]["video"] = False
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    seven = clip(tmp_path / "seven.mp4", 7)
+    assert main(["run", str(tmp_path / "c.json"), "--video", str(seven)]) == 0
+    saved = lrag_framework.load_config(tmp_path / "runs" / "t2v" / "config.yaml")
+    assert saved.prefix.source == "video"
+    from safetensors.torch import load_file
+
+    latents = load_file(tmp_path / "runs" / "t2v" / "native" / "latents.safetensors")
+    start = backbone_of(cfg).encode(read_video(seven, (32, 48))[None, :5])  # [1, 2, 16, 4, 6]
+    torch.testing.assert_close(latents["latents"][:, :2], start)
+    capsys.readouterr()
+    long = clip(tmp_path / "long.mp4", 1 + 4 * 9)  # 10 latent frames for a run of 8
+    assert main(["run", str(tmp_path / "c.json"), "--video", str(long), "--set",
+                 "output.name=long"]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit generation.num_frames 8" in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "long").exists()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (side-stream decoding)")
 def test_side_stream_decoding_writes_the_decoded_frames_in_order(base, tmp_path, image):
     from lrag_framework.outputs.media import to_uint8_frames
