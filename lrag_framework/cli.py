@@ -1,7 +1,8 @@
 """lrag: retrieval-augmented autoregressive long video generation.
 
-Exit codes: 0 done, 1 the command failed while running (the error says what was kept), 2 bad
-input (config, files, plugins: nothing was started), 130 interrupted. Results go to stdout,
+Exit codes: 0 done, 1 the command failed while running or the machine refused (a full disk, a
+read-only file system; the error says what was kept), 2 bad input (config, files, plugins:
+nothing was started), 130 interrupted. Results go to stdout,
 errors and progress bars to stderr.
 """
 from __future__ import annotations

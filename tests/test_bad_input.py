@@ -174,6 +174,18 @@ def test_validate_knows_every_config_kind(inputs):
         p.name != "taken" for p in (inputs / "runs").iterdir())
 
 
+def test_emoji_in_a_prompt_and_in_a_file_path(inputs):
+    """The --prompt text reaches the config unchanged; a file whose name holds an emoji is
+    found (validate reads and encodes the image)."""
+    args = cli.build_parser().parse_args(["run", "--prompt", "a cat \U0001F600 runs"])
+    cfg = lrag_framework.load_config(None, cli.run_overrides(args))
+    assert cfg.conditionings == ["a cat \U0001F600 runs"]
+    image = inputs / "start \U0001F600.png"
+    shutil.copy("docs/images/image_start.png", image)
+    code, out, err = call(["validate", str(inputs / "run.yaml"), "--image", str(image)])
+    assert code == cli.OK and "Traceback" not in err, err
+
+
 def test_api_bad_types():
     with pytest.raises(ConfigError, match="expected a path"):
         lrag_framework.run(123)
