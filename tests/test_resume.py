@@ -168,8 +168,10 @@ def test_failure_after_first_block_keeps_state_and_says_how_to_resume(tmp_path, 
 
 def test_failure_before_first_block_leaves_no_run_dir(tmp_path, monkeypatch, capsys):
     stop_at(monkeypatch, "recache", WARM_UP + 1)  # inside the first block
-    assert cli.main(["run", config_file(tmp_path)]) == cli.INTERRUPTED
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    (tmp_path / "runs" / "other").mkdir(parents=True)  # an existing root keeps what it holds
+    assert cli.main(["run", config_file(tmp_path), "--set",
+                     f"output.root={tmp_path / 'runs' / 'new' / 'deeper'}"]) == cli.INTERRUPTED
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["other"]
     err = capsys.readouterr().err
     assert one_error_line(err) and "nothing was kept" in err
 
@@ -229,7 +231,7 @@ def test_a_write_refused_before_the_first_block_leaves_nothing(tmp_path, monkeyp
     assert got == cli.FAILED and "nothing was kept" in line
     assert f"{name}" in line and os.strerror(code) in line and errno.errorcode[code] in line
     assert ".tmp" not in line  # the file is named, not its temporary
-    assert not any((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "runs").exists()  # nor the output root the run created
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS], ids=["full", "read-only"])

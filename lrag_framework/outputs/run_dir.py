@@ -157,6 +157,27 @@ def run_dir_for(cfg: RunConfig) -> Path:
     return path
 
 
+def _outermost_missing(folder: Path) -> Path | None:
+    """The outermost missing folder on the way to ``folder`` (the run creates it), or None."""
+    missing = None
+    while not folder.exists() and folder != folder.parent:
+        missing, folder = folder, folder.parent
+    return missing
+
+
+def _remove_empty(folder: Path, up_to: Path | None) -> None:
+    """Remove ``folder`` and its parents up to ``up_to`` while empty: the output root folders a
+    run created and then left nothing in."""
+    if up_to is None:
+        return
+    while folder.is_relative_to(up_to):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: another run uses it
+            return
+        folder = folder.parent
+
+
 class RunWriter:
     """Writes one set-up pipeline's modes into a new run directory."""
 
@@ -170,6 +191,7 @@ class RunWriter:
         directory, a later one keeps it resumable (``stopped_run``)."""
         resuming = self.state is not None
         if not resuming:
+            made = _outermost_missing(Path(self.cfg.output.root))
             run_dir = run_dir_for(self.cfg)
             self.state = RunState(run_dir)
         run_dir = self.state.run_dir
@@ -181,6 +203,7 @@ class RunWriter:
         except BaseException as err:
             if not resuming and not self.state.has_blocks():
                 shutil.rmtree(run_dir, ignore_errors=True)
+                _remove_empty(run_dir.parent, made)
                 err.add_note("the run stopped before its first block was saved; nothing "
                              "was kept")
                 raise
