@@ -253,3 +253,17 @@ def test_a_write_refused_mid_run_keeps_a_resumable_run(tmp_path, monkeypatch, co
     resumed = lrag_framework.run(resume=cut)
     same_outputs(full, resumed)
     assert resumed.summary["resumed"]["native"]["blocks_fed_back"] == 3
+
+
+def test_a_suite_whose_first_write_is_refused_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from test_suites import WORLDS, suite_config
+
+    cfg, suite = tmp_path / "cfg.yaml", tmp_path / "s.yaml"
+    cfg.write_text(yaml.safe_dump(suite_config(tmp_path)))
+    suite.write_text(yaml.safe_dump(WORLDS[:2]))
+    refuse_writes(monkeypatch, errno.ENOSPC, "suite.json")
+    got, line = cli_run([str(cfg), "--prompts", str(suite)])
+    assert got == cli.FAILED and "suite.json: No space left on device (ENOSPC)" in line
+    assert not any((tmp_path / "runs").iterdir())

@@ -19,6 +19,7 @@ skipped, the rest (failed ones too) redone.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from typing import Callable
 
 from ..config import ConfigError, PrefixConfig, config_differences, config_record, load_config
 from ..distributed import World, rank_device
-from ..files import append_jsonl, read_jsonl, write_json, write_jsonl, write_tensors, write_yaml
+from ..files import (append_jsonl, os_error_text, read_jsonl, write_json, write_jsonl,
+                     write_tensors, write_yaml)
 from ..generation.pipeline import Pipeline, Stream
 from ..interfaces import ComponentError
 from ..suites import SuiteItem, items_from_dicts, parse_suite, stem
@@ -104,8 +106,9 @@ def run_suite(config=None, prompts: str | Path | None = None, overrides: list[st
         if world.main:
             try:
                 plan = start(run_dir, cfg, pipe, items, configured_device)
-            except ConfigError as err:  # every rank stops with it, none waits
-                world.broadcast({"errors": err.errors})
+            except (ConfigError, OSError) as err:  # every rank stops with it, none waits
+                world.broadcast({"errors": err.errors if isinstance(err, ConfigError)
+                                 else [os_error_text(err)]})
                 raise
         plan = world.broadcast(plan)
         if "errors" in plan:
@@ -142,9 +145,13 @@ def start(run_dir: Path | None, cfg, pipe: Pipeline, items: list[SuiteItem],
     """Rank 0: the run directory (created, or the one resumed) and the work left in it."""
     if run_dir is None:
         run_dir = run_dir_for(cfg)
-        write_yaml(run_dir / "config.yaml", pipe.cfg.model_dump(mode="json") | {
-            "device": device, "conditionings": [i.conditioning for i in items]})
-        write_json(run_dir / SUITE_FILE, {"items": [i.as_dict() for i in items]})
+        try:
+            write_yaml(run_dir / "config.yaml", pipe.cfg.model_dump(mode="json") | {
+                "device": device, "conditionings": [i.conditioning for i in items]})
+            write_json(run_dir / SUITE_FILE, {"items": [i.as_dict() for i in items]})
+        except OSError:  # a full disk, a read-only file system: nothing is left behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
     done = complete_rows(read_index(run_dir), run_dir)
     todo = todo_units(items, cfg.samples_per_conditioning, pipe.modes, done)
     return {"run_dir": str(run_dir), "todo": todo, "skipped": len(done),
