@@ -188,7 +188,7 @@ def test_summary_json_of_a_resumed_run_names_what_was_resumed(tmp_path, monkeypa
     assert summary["resumed"]["retrieval"]["blocks_fed_back"] == 0
 
 
-# ---------------------------------------------------------------------------- a full disk, a read-only root
+# ---------------------------------------------------------------- a full disk, a read-only root
 # Tests run as root, whom chmod does not stop: the OS errors are raised at the one write
 # mechanism (files.atomic_path creating its temporary file), as a full disk or a read-only
 # file system would raise them there.
