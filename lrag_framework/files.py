@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import struct
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -101,8 +102,9 @@ def os_error_text(err: OSError) -> str:
 
 def folder_error(folder: str | Path) -> str | None:
     """Why ``folder`` could not be created (or written into): its nearest existing ancestor is
-    not a folder or not writable; None when it looks possible (a full disk or a file system
-    that refuses new entries shows only when writing)."""
+    not a folder, not writable, or refuses a new folder (tried with an empty temporary one,
+    removed at once: this catches what permissions do not say, e.g. ``/proc`` or a read-only
+    mount for root); None when it can (a full disk shows only when writing)."""
     at = Path(folder)
     while not at.exists() and at != at.parent:
         at = at.parent
@@ -110,6 +112,10 @@ def folder_error(folder: str | Path) -> str | None:
         return f"cannot create {folder}: {at} is not a folder"
     if not os.access(at, os.W_OK | os.X_OK):
         return f"cannot create {folder}: {at} is not writable"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".lrag-probe-", dir=at))
+    except OSError as err:
+        return f"cannot create {folder}: {at} refuses new folders ({os_error_text(err)})"
     return None
 
 

@@ -128,8 +128,6 @@ RUN_CASES = [
 def test_reproducer_gives_one_clear_error(inputs, name, argv, match, command):
     (inputs / "runs" / "taken").mkdir(parents=True, exist_ok=True)
     argv = ["{d}/run.yaml", *argv]
-    if command == "validate" and name == "root in /proc":
-        pytest.skip("validate cannot tell that /proc refuses new folders (docs/resume.md)")
     assert_one_clear_error([a.replace("{d}", str(inputs)) for a in argv], inputs, match,
                            command)
 
