@@ -218,3 +218,26 @@ def test_matches_the_public_implementation():
     torch.testing.assert_close(z[0, ::5, :, 1, 0], torch.tensor(public_z), rtol=0, atol=2e-5)
     torch.testing.assert_close(model.decode(z)[0, :, :, 7, 9], torch.tensor(public_x), rtol=0,
                                atol=2e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_compiled_decoder_traces_two_graphs_per_stream(latents, decoded, channels_last):
+    """The causal cache has one layout from the first latent frame on (every layer's past is
+    its full length, zeros before the start, in dense copies), so a compiled decoder traces one
+    graph for a stream's first frame and one for all the others, and still decodes exactly."""
+    model = random_vae(SMALL, seed=1)
+    if channels_last:
+        model.channels_last()
+    graphs = []
+
+    def count(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    model.decode_frame = torch.compile(model.decode_frame, backend=count, dynamic=False)
+    stream = model.stream_decoder()
+    out = torch.cat([stream.decode(latents[:, :, i:i + 3]) for i in range(0, 9, 3)], dim=2)
+    torch._dynamo.reset()
+    assert len(graphs) == 2
+    torch.testing.assert_close(out, decoded, rtol=0, atol=1e-5)

@@ -5,8 +5,9 @@ Semantics and parameter names follow Wan2.1 ``wan/modules/vae.py`` (``CausalConv
 below are part of the checkpoint format (``residual.2.weight``, ``resample.1.weight``, ...).
 
 A chunked pass carries a ``CausalCache`` from chunk to chunk: each 3-tap causal conv keeps the
-last 2 input frames it saw (upstream's ``feat_cache`` with ``CACHE_T = 2``), so running chunk by
-chunk equals running the whole sequence with 2 zero frames padded on the left. The temporal
+last 2 input frames it saw (upstream's ``feat_cache`` with ``CACHE_T = 2``; zeros before the
+start), so running chunk by chunk equals running the whole sequence with 2 zero frames padded on
+the left. The cache has the same entries, shapes and strides after every chunk. The temporal
 resamplers treat the first chunk (a single frame) specially, as upstream does: it passes through
 without the temporal conv, so frame 0 maps to one frame and every later frame to 2 (upsample) or
 half a frame (downsample).
@@ -45,12 +46,23 @@ class CausalConv3d(nn.Conv3d):
         # x [B, C, T, H, W]
         pad_t = self.time_pad
         if pad_t and cache is not None:
-            past = cache.past.get(self)  # [B, C, <= time_pad, H, W]
-            if past is not None:
-                x = torch.cat([past, x], dim=2)
-                pad_t -= past.shape[2]
-            cache.past[self] = x[:, :, -self.time_pad:].clone()
+            past = cache.past.get(self)  # [B, C, time_pad, H, W]
+            if past is None:  # nothing before: the zeros the causal padding adds
+                past = frames_like(x, pad_t).zero_()
+            x = torch.cat([past, x], dim=2)
+            pad_t = 0
+            cache.past[self] = frames_like(x, self.time_pad).copy_(x[:, :, -self.time_pad:])
         return super().forward(F.pad(x, (*self.space_pad, pad_t, 0)))
+
+
+def frames_like(x: Tensor, frames: int) -> Tensor:
+    """An uninitialised dense [B, C, frames, H, W] in ``x``'s dtype, device and memory format:
+    the cache's tensors keep one shape and one set of strides from chunk to chunk (a compiled
+    decoder then traces no new graph for them)."""
+    fmt = (torch.channels_last_3d if not x.is_contiguous()
+           and x.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format)
+    b, c, _, h, w = x.shape
+    return torch.empty((b, c, frames, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 class RMSNorm(nn.Module):
@@ -146,7 +158,9 @@ class Upsample(nn.Module):
                           if temporal else None)
 
     def forward(self, x: Tensor, cache: CausalCache) -> Tensor:
-        if self.time_conv is not None and not cache.first:
+        if self.time_conv is not None and cache.first:  # its history starts with zeros
+            cache.past[self.time_conv] = frames_like(x, self.time_conv.time_pad).zero_()
+        elif self.time_conv is not None:
             y = self.time_conv(x, cache)  # [B, 2C, T, H, W]
             x = rearrange(y, "b (two c) t h w -> b c (t two) h w", two=2)  # [B, C, 2T, H, W]
         return per_frame(self.resample, x)  # [B, C/2, T', 2H, 2W]
