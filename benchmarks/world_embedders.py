@@ -46,10 +46,13 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=16)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--worlds", type=int, default=3)
+    parser.add_argument("--weights", default="builtin-contiguous",
+                        help="the tiny backbone's weights (docs/results.md measured the default)")
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    corpus = {"run": {"name": "corpus", "backbone": {"name": "tiny", "params": {}},
+    tiny = {"name": "tiny", "params": {"weights": args.weights}}
+    corpus = {"run": {"name": "corpus", "backbone": tiny,
                       "retrieval": {"enabled": False},
                       "generation": {"num_frames": 48, "seed": 0, "batch_size": 8},
                       "prefix": {"source": "reference", "frames": 12},
@@ -76,7 +79,7 @@ def main() -> None:
           "| PSNR retrieval | PSNR native | PSNR revisits (retrieval) |")
     print("|---|---|---|---|---|---|")
     for name, embedder in embedders.items():
-        cfg = {"name": "emb", "backbone": {"name": "tiny", "params": {}}, "embedder": embedder,
+        cfg = {"name": "emb", "backbone": tiny, "embedder": embedder,
                "retrieval": {"k": 3, "recency": 5, "placement": "fill"},
                "generation": {"num_frames": 204, "seed": 0, "batch_size": args.worlds},
                "conditionings": [{"world": 1_000_001 + i, "path": "revisit"}
