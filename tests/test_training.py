@@ -268,3 +268,16 @@ def test_collect_latents_is_resumable_and_matches_lrag_run(tmp_path, monkeypatch
         collect_latents(load_corpus_config(write_yaml(tmp_path, corpus_config(out)),
                                            ["run.generation.seed=4"]))
     assert "run.generation.seed: 3 in the collection, 4 now" in err.value.errors
+
+
+def test_a_conditioned_baseline_is_refused_before_training(corpus, tmp_path):
+    """A latent corpus holds no frame signals: `pose` as a retrieval baseline stops at once,
+    before a step is trained, with the section that names it."""
+    from lrag_framework.config import ConfigError
+
+    cfg = config(corpus, tmp_path / "run",
+                 retrieval_eval={"baselines": [{"name": "avg_pool"}, {"name": "pose"}]})
+    with pytest.raises(ConfigError, match=r"retrieval_eval.baselines.1: 'pose' is a "
+                       r"conditioned key"):
+        train_embedder(load_train_config(cfg))
+    assert not (tmp_path / "run").exists()

@@ -250,6 +250,7 @@ def train_embedder(cfg: TrainConfig,
     model = trainable_model(embedder, cfg.embedder.name)
     embedder.embed(corpus.frames(train[0], 0, 1).to(device))  # frame shape check, clear error
     losses = [WeightedLoss(registry.build("loss", c.name, c.params), c.weight) for c in cfg.losses]
+    baselines = _baselines(cfg, registry, device)  # built before training: errors come first
     labels = loss_labels(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, best, rows = 0, None, []
@@ -302,7 +303,7 @@ def train_embedder(cfg: TrainConfig,
     loader.close()
     result = {"run_dir": str(run_dir), "step": step, "best_val": best}
     if val:
-        result["retrieval"] = _retrieval_eval(cfg, registry, embedder, corpus, val, device)
+        result["retrieval"] = _retrieval_eval(cfg, baselines, embedder, corpus, val, device)
     return result
 
 
@@ -325,14 +326,25 @@ def _evaluate_and_save(cfg, embedder, model, opt, losses, labels, corpus, chunks
     return best
 
 
-def _retrieval_eval(cfg, registry, embedder, corpus, val, device) -> dict:
+def _baselines(cfg, registry, device) -> dict:
+    """The retrieval evaluation's baseline embedders by name; a conditioned one (it reads the
+    conditioning's frame signals, which a latent corpus does not hold) is a ConfigError."""
+    built = {}
+    for i, b in enumerate(cfg.retrieval_eval.baselines):
+        built[b.name] = registry.build("embedder", b.name, b.params).to(device)
+        if built[b.name].conditioned:
+            raise ConfigError([f"retrieval_eval.baselines.{i}: {b.name!r} is a conditioned key "
+                               "(it reads the conditioning's frame signals, which a latent "
+                               "corpus does not hold): compare it in lrag run instead"])
+    return built
+
+
+def _retrieval_eval(cfg, baselines, embedder, corpus, val, device) -> dict:
     """Own-video top-1 on the validation videos: the trained embedder and the baselines."""
     from ..files import write_json
     from .retrieval_eval import compare_embedders, plot_retrieval
 
-    embedders = {f"{cfg.embedder.name} (trained)": embedder}
-    for b in cfg.retrieval_eval.baselines:
-        embedders[b.name] = registry.build("embedder", b.name, b.params).to(device)
+    embedders = {f"{cfg.embedder.name} (trained)": embedder, **baselines}
     videos = [corpus.frames(v) for v in val]
     result = compare_embedders(embedders, videos, device, cfg.retrieval_eval.exclusion)
     write_json(Path(cfg.run_dir) / "retrieval_eval.json", result)
