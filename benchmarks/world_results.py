@@ -49,6 +49,11 @@ CONFIGS = {
                                    "embedder": {"name": "pose"}},
     "fill, K=6, pos 0, pose key": {"placement": "fill", "k": 6, "retrieved_position": "zero",
                                    "embedder": {"name": "pose"}},
+    "reference, K=6, pos 0, pose key": {"placement": "reference", "k": 6,
+                                        "retrieved_position": "zero",
+                                        "embedder": {"name": "pose"}},
+    "extend, K=3, pos 0, pose key": {"placement": "extend", "k": 3, "retrieved_position": "zero",
+                                     "embedder": {"name": "pose"}},
     "fill, K=3, pos 0, pose + avg_pool 0.3": {
         "placement": "fill", "k": 3, "retrieved_position": "zero",
         "embedder": {"name": "pose", "params": {"latent_weight": 0.3}}},
