@@ -33,3 +33,26 @@ def test_tiny_with_its_shipped_weights_keeps_the_backbone_contract():
 def test_wan_keeps_the_backbone_contract(name):
     check_backbone(lambda: load_plugins().build("backbone", name, SMALL_WAN),
                    items=[prompt(0), prompt(1)], rtol=1e-4)
+
+
+def test_frame_signals_that_depend_on_the_frames_asked_are_caught():
+    """A conditioning whose signal rows are numbered by their place in the request, not by
+    frame, breaks the contract a conditioned key relies on."""
+    class Numbered:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def frame_signals(self, frames):
+            return torch.arange(len(frames), dtype=torch.float32).expand(2, -1)[..., None]
+
+    def make():
+        bb = load_plugins().build("backbone", "tiny", SMALL_TINY)
+        encode = bb.encode_conditioning
+        bb.encode_conditioning = lambda items, n: Numbered(encode(items, n))
+        return bb
+
+    with pytest.raises(AssertionError, match="depends on the other frames asked"):
+        check_backbone(make)

@@ -88,7 +88,8 @@ def check_backbone(make_backbone: Callable[[], Backbone], items: list[Any] = (No
 
     - spec and shapes: ``timesteps`` 1-D descending, ``denoise`` output shaped like ``x``,
       ``recache`` K/V ``[L, 2, B, F, N, Hh, Dh]`` of ``spec`` sizes and ``kv_dtype``, finite;
-      ``Conditioning.segments`` ``[B, F]`` or ``[1, F]``;
+      ``Conditioning.segments`` ``[B, F]`` or ``[1, F]``; ``frame_signals`` (when not None)
+      ``[B, F, S]`` float32 on the CPU, finite, a frame's row independent of the others asked;
     - the engine's latents equal the independent sliding-window loop's (``rtol``);
     - determinism: a second run is bit-identical; batch independence: a stream run alone
       gives its latents in the batch (``rtol``);
@@ -109,6 +110,7 @@ def check_backbone(make_backbone: Callable[[], Backbone], items: list[Any] = (No
     seg = cond.segments(torch.arange(t_frames))
     expect(tuple(seg.shape) in {(b, t_frames), (1, t_frames)},
            f"segments of {t_frames} frames must be [B, F] or [1, F], got {list(seg.shape)}")
+    _check_frame_signals(cond, b, t_frames)
 
     engine = Engine(backbone, None, None, EngineOptions(
         Geometry(spec.frames_per_block, spec.window, spec.sink)))
@@ -161,3 +163,21 @@ def check_backbone(make_backbone: Callable[[], Backbone], items: list[Any] = (No
     other = backbone.denoise(x, ts[0].expand(b), cond, backbone.prepare(shuffled))
     expect(_close(pred, other, rtol), "denoise depends on the order of the context frames or on "
            "padding entries (valid False)")
+
+
+def _check_frame_signals(cond, b: int, frames: int) -> None:
+    """``frame_signals``, when the conditioning has them: [B, F, S] float32 on the CPU, finite,
+    and a frame's row the same whatever else is asked with it."""
+    ids = torch.arange(frames)
+    signals = cond.frame_signals(ids)
+    if signals is None:
+        return
+    expect(isinstance(signals, Tensor) and signals.dim() == 3 and signals.shape[:2] == (b, frames)
+           and signals.dtype == torch.float32 and signals.device.type == "cpu",
+           f"frame_signals of {frames} frames must be [{b}, {frames}, S] float32 on the CPU, got "
+           f"{list(signals.shape) if isinstance(signals, Tensor) else type(signals).__name__}")
+    expect(bool(torch.isfinite(signals).all()), "frame_signals must be finite")
+    some = ids.flip(0)[::2]
+    expect(torch.equal(cond.frame_signals(some), signals[:, some]),
+           "a frame's signal row depends on the other frames asked with it")
+
