@@ -66,12 +66,20 @@ class WanBackbone(Backbone):
             frames_per_latent=4, max_positions=TABLE_POSITIONS)
 
     def _base_file(self, given: str | None, default: str, what: str) -> str:
+        """The file (or folder) param ``what`` gives, else ``default`` in ``base_dir``; a
+        missing one is one ComponentError naming it, its source and the param to point at it."""
         if given:
-            return given
-        if not self.params.base_dir:
+            path = Path(given)
+        elif not self.params.base_dir:
             raise ValueError(f"wan: give {what} or base_dir (the Wan2.1 folder that holds "
                              f"{default})")
-        return str(Path(self.params.base_dir) / default)
+        else:
+            path = Path(self.params.base_dir) / default
+        if not path.exists():
+            raise ComponentError(f"wan: {path} not found: put {default} of the Wan2.1-T2V-1.3B "
+                                 f"folder there ({WAN_BASE_DOWNLOAD}) or point "
+                                 f"backbone.params.{what} at it")
+        return str(path)
 
     @property
     def decode_device(self) -> torch.device:
@@ -90,11 +98,6 @@ class WanBackbone(Backbone):
                 vae = random_vae(VAEConfig(dim=p.vae_dim or 96), p.init_seed)
             else:
                 path = self._base_file(p.vae_ckpt, "Wan2.1_VAE.pth", "vae_ckpt")
-                if not Path(path).is_file():
-                    raise ComponentError(
-                        f"wan vae: {path} not found: put the Wan2.1 VAE there (Wan2.1_VAE.pth "
-                        f"of the Wan2.1-T2V-1.3B folder: {WAN_BASE_DOWNLOAD}) or set "
-                        f"backbone.params.vae_ckpt to it")
                 vae = load_vae(path, None if p.vae_dim is None else VAEConfig(dim=p.vae_dim))
             self._vae = vae.to(self.decode_device, self.dtype)
             if self.decode_device.type == "cuda":  # the fast path, see docs/vae.md
