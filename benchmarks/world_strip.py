@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from lrag_framework.files import read_tensors, write_figure
@@ -21,15 +22,14 @@ def strip(run_dir: Path, stream: int, frames: list[int], out: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from lrag_framework.plugins import load_plugins
+    from lrag_adapters.world import make_clip
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     videos = {mode: read_tensors(run_dir / mode / "latents.safetensors")["latents"][stream]
               for mode in ("native", "retrieval")}  # [T, 3, H, W] in [-1, 1]
     item = cfg["conditionings"][stream]
-    backbone = load_plugins().build("backbone", "tiny", {"weights": None, "dim": 32, "heads": 2,
-                                                         "layers": 1})  # only renders
-    truth = backbone.reference(item, len(videos["native"])).pixels
+    truth = torch.from_numpy(make_clip(int(item["world"]), len(videos["native"]),
+                                       item.get("path", "revisit"))[0])
     fig = Figure(figsize=(2.9 * len(frames), 1.45))
     FigureCanvasAgg(fig)
     for i, f in enumerate(frames):
