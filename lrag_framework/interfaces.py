@@ -222,7 +222,7 @@ class Embedder(ABC):
 
     A *conditioned* embedder (``conditioned = True``, plugin API 3) also reads what the
     conditioning says about each frame (``Conditioning.frame_signals``): the engine calls
-    ``embed(latents, signals)`` with ``signals`` [N, S], row i belonging to frame i, and
+    ``embed(latents, signals)`` with ``signals`` [N, S] on the CPU, row i belonging to frame i, and
     refuses to run it with a conditioning that has no signals. Its descriptor is a pure
     function of the pair (frame, signal row).
     """

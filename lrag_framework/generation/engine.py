@@ -248,8 +248,8 @@ class Engine:
         ids = torch.arange(start, start + f)
         frames = clean.flatten(0, 1).float()  # [B F, C, H, W]
         if self.embedder.conditioned:
-            signals = cond.frame_signals(ids)  # [B, F, S]
-            desc = self.embedder.embed(frames, signals.flatten(0, 1).to(frames.device))
+            signals = cond.frame_signals(ids)  # [B, F, S] on the CPU, handed on as they are
+            desc = self.embedder.embed(frames, signals.flatten(0, 1))
         else:
             desc = self.embedder.embed(frames)
         desc = desc.view(b, f, -1)
