@@ -7,6 +7,7 @@ word-level tokenizer of the same size (tokenising is negligible next to the enco
     python benchmarks/wan_e2e.py --tiny          # CPU smoke check
     python benchmarks/wan_e2e.py --decoder vae taehv   # one row per decoder (TAEHV: random weights)
     python benchmarks/wan_e2e.py --decoder-device cuda:1   # the decoder on a second GPU
+    python benchmarks/wan_e2e.py --vae-eager --no-cuda-graphs  # without the two fast paths
 
 Prints one markdown table: text encode (cold: builds the 5.7B-parameter encoder, encodes, frees
 it), the run's setup (DiT, VAE, warm-up block, compile), generation, decode + write, time to the
@@ -56,7 +57,10 @@ def main() -> None:
     parser.add_argument("--eager", dest="compile", action="store_false",
                         help="no torch.compile (the preset's default compiles on CUDA)")
     parser.add_argument("--decoder", choices=["vae", "taehv"], nargs="+", default=["vae"])
-    parser.add_argument("--vae-compile", action="store_true", help="torch.compile the VAE decoder")
+    parser.add_argument("--vae-eager", dest="vae_compile", action="store_false",
+                        help="no torch.compile of the VAE decoder (the default compiles on CUDA)")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                        help="no CUDA graphs over the DiT passes (the default replays them)")
     parser.add_argument("--decoder-device", default=None,
                         help="decode on this device (e.g. cuda:1; docs/suites.md)")
     args = parser.parse_args()
@@ -80,7 +84,7 @@ def main() -> None:
         print(f"# wan_e2e: {args.preset}{' (tiny)' if args.tiny else ''}, random weights, "
               f"{torch.cuda.get_device_name() if cuda else 'cpu'}, torch {torch.__version__}, "
               f"{platform.python_version()}, compile {args.compile}, vae_compile "
-              f"{args.vae_compile}, decoder_device {args.decoder_device or 'same'}, "
+              f"{args.vae_compile}, cuda_graphs {args.cuda_graphs}, decoder_device {args.decoder_device or 'same'}, "
               f"{frames} latent frames = {4 * frames - 3} video frames, "
               f"retrieval K=6 R=5\n")
         print("| decoder | text encode s | setup s | generate s | decode+write s | first frame s "
@@ -91,6 +95,7 @@ def main() -> None:
             params = {"random_init": True, "tokenizer_dir": str(tmp / "tokenizer"),
                       "prompt_cache": str(tmp / "cache"), "compile": args.compile,
                       "decoder": decoder, "vae_compile": args.vae_compile,
+                      "cuda_graphs": args.cuda_graphs,
                       "decoder_device": args.decoder_device,
                       **({**TINY_DIT, "text_encoder_sizes": TINY_T5, "vae_dim": 8}
                          if args.tiny else {})}

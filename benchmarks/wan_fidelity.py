@@ -59,8 +59,9 @@ def sdpa(q, k, v, *args, **kwargs):
     return out.transpose(1, 2)
 
 
-def load_module(name: str, path: Path, replace: tuple[str, str] | None = None):
-    """A public module executed from its file, its attention swapped for ``sdpa``."""
+def load_module(name: str, path: Path, replace: tuple[str, str] | None = None,
+                attention=sdpa):
+    """A public module executed from its file, its attention swapped for ``attention``."""
     source = path.read_text()
     if replace:
         source = source.replace(*replace)
@@ -69,13 +70,15 @@ def load_module(name: str, path: Path, replace: tuple[str, str] | None = None):
     module.__file__ = str(path)
     sys.modules[name] = module
     exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 (the public module)
-    module.attention = sdpa
+    module.attention = attention
     return module
 
 
-def import_public(root: Path):
+def import_public(root: Path, attention=sdpa, cpu_copies_cloned: bool = True):
     """The latent-memory and native CausalWanModel modules and FlowMatchScheduler from a
-    LongLive-RAG checkout, dependencies stubbed."""
+    LongLive-RAG checkout, dependencies stubbed, ``attention`` in place of flash attention.
+    ``cpu_copies_cloned``: the evicted frames' copies to the CPU become ``.clone()`` (on a CPU
+    run they would alias the rolling cache)."""
     def stub(name, **attrs):
         module = types.ModuleType(name)
         module.__dict__.update(attrs)
@@ -91,35 +94,39 @@ def import_public(root: Path):
     stub("utils.debug_option", DEBUG=False)
     stub("wan", __path__=[str(root / "wan")])
     stub("wan.modules", __path__=[str(root / "wan" / "modules")])
-    from wan.modules import attention
-    attention.flash_attention = attention.attention = sdpa
+    from wan.modules import attention as public_attention
+    public_attention.flash_attention = public_attention.attention = attention
     import wan.modules.model  # noqa: F401  (imported by the causal model)
     modules = root / "wan" / "modules"
     latentmem = load_module("wan.modules.causal_model_latentmem",
                             modules / "causal_model_latentmem.py",
-                            ('f.to("cpu", non_blocking=True)', "f.clone()"))
-    native = load_module("wan.modules.causal_model", modules / "causal_model.py")
+                            ('f.to("cpu", non_blocking=True)', "f.clone()")
+                            if cpu_copies_cloned else None, attention)
+    native = load_module("wan.modules.causal_model", modules / "causal_model.py",
+                         attention=attention)
     from utils.scheduler import FlowMatchScheduler
 
     return latentmem, native, FlowMatchScheduler
 
 
-def public_model(module, state, window, sink, **memory):
-    """The public CausalWanModel at the tiny sizes with ``state`` loaded (window -1: global)."""
-    c = SIZES["latent_channels"]
+def public_model(module, state, window, sink, sizes=SIZES, **memory):
+    """The public CausalWanModel at ``sizes`` with ``state`` loaded (window -1: global)."""
+    c = sizes["latent_channels"]
     model = module.CausalWanModel(
-        model_type="t2v", patch_size=(1, 2, 2), text_len=SIZES["text_len"], in_dim=c,
-        dim=SIZES["dim"], ffn_dim=SIZES["ffn_dim"], freq_dim=SIZES["freq_dim"],
-        text_dim=SIZES["text_dim"], out_dim=c, num_heads=SIZES["num_heads"],
-        num_layers=SIZES["num_layers"], local_attn_size=window, sink_size=sink, **memory)
+        model_type="t2v", patch_size=(1, 2, 2), text_len=sizes["text_len"], in_dim=c,
+        dim=sizes["dim"], ffn_dim=sizes["ffn_dim"], freq_dim=sizes["freq_dim"],
+        text_dim=sizes["text_dim"], out_dim=c, num_heads=sizes["num_heads"],
+        num_layers=sizes["num_layers"], local_attn_size=window, sink_size=sink, **memory)
     model.load_state_dict(state, strict=True)
     return model
 
 
-def public_generate(model, scheduler_cls, params, text, k, cache_frames, recency, frames):
+def public_generate(model, scheduler_cls, params, text, k, cache_frames, recency, frames,
+                    sizes=SIZES, device="cpu", dtype=torch.float32):
     """The public pipeline's block loop for one stream, noise drawn as the engine draws it.
-    ``params``: the backbone's WanParams (sampler, sink); ``cache_frames``: the KV cache size."""
-    c, h, w, block = SIZES["latent_channels"], SIZES["latent_height"], SIZES["latent_width"], 3
+    ``params``: the backbone's WanParams (sampler, sink); ``cache_frames``: the KV cache size;
+    the model, ``text`` and the cache on ``device`` in ``dtype``."""
+    c, h, w, block = sizes["latent_channels"], sizes["latent_height"], sizes["latent_width"], 3
     n, sink = (h // 2) * (w // 2), params.sink
     model.num_frame_per_block = block
     for m in model.modules():  # the public code sizes this for 1560-token frames
@@ -131,12 +138,12 @@ def public_generate(model, scheduler_cls, params, text, k, cache_frames, recency
     if params.warp_denoising_step:
         steps = torch.cat((sched.timesteps, torch.zeros(1)))[1000 - steps.long()]
     memory_kwargs = hasattr(model.blocks[0].self_attn, "memory_size")
-    heads, hd = SIZES["num_heads"], SIZES["dim"] // SIZES["num_heads"]
-    empty = torch.zeros(1, cache_frames * n, heads, hd)
+    heads, hd = sizes["num_heads"], sizes["dim"] // sizes["num_heads"]
+    empty = torch.zeros(1, cache_frames * n, heads, hd, device=device, dtype=dtype)
     cache = [{"k": empty.clone(), "v": empty.clone(),
               "global_end_index": torch.tensor([0]), "local_end_index": torch.tensor([0]),
-              "cpu_k_frames": [], "cpu_v_frames": []} for _ in range(SIZES["num_layers"])]
-    cross = [{"k": None, "v": None, "is_init": False} for _ in range(SIZES["num_layers"])]
+              "cpu_k_frames": [], "cpu_v_frames": []} for _ in range(sizes["num_layers"])]
+    cross = [{"k": None, "v": None, "is_init": False} for _ in range(sizes["num_layers"])]
     gen, shape = stream_generator(0, 0), (block, c, h, w)
     descriptors, out, selected = [], [], []
 
@@ -148,8 +155,8 @@ def public_generate(model, scheduler_cls, params, text, k, cache_frames, recency
 
     with torch.no_grad():
         for start in range(0, frames, block):
-            x = torch.randn(shape, generator=gen)[None]
-            noises = [torch.randn(shape, generator=gen) for _ in steps]
+            x = torch.randn(shape, generator=gen)[None].to(device, dtype)
+            noises = [torch.randn(shape, generator=gen).to(device, dtype) for _ in steps]
             memory = None
             eligible = max(len(cache[0]["cpu_k_frames"]) - recency, 0)
             if k and eligible and descriptors:
@@ -160,16 +167,17 @@ def public_generate(model, scheduler_cls, params, text, k, cache_frames, recency
                 memory = sims.squeeze(-1).topk(min(k, eligible), dim=-1).indices
                 selected.append((start, sorted((memory + sink).tolist()[0])))
             for i, t in enumerate(steps):
-                tt = torch.full((1, block), float(t))
+                tt = torch.full((1, block), float(t), device=device)
                 flow = call(x, tt, start, memory)
                 sigma = sched.sigmas[(sched.timesteps - t).abs().argmin()].double()
-                pred = (x.double() - sigma * flow.double()).float()
+                pred = (x.double() - sigma * flow.double()).to(dtype)
                 if i + 1 < len(steps):
                     x = sched.add_noise(pred.flatten(0, 1), noises[i],
-                                        torch.full((block,), float(steps[i + 1])))[None]
+                                        torch.full((block,), float(steps[i + 1]),
+                                                   device=device))[None]
             out.append(pred)
             descriptors += [pred[:, f].mean(dim=(-2, -1)) for f in range(block)]
-            call(pred, torch.zeros(1, block), start, memory)
+            call(pred, torch.zeros(1, block, device=device), start, memory)
     return torch.cat(out, 1), selected
 
 

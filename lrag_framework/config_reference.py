@@ -8,7 +8,6 @@ training (``lrag train-embedder``), then the params of every built-in component 
 from __future__ import annotations
 
 import json
-import sys
 import types
 import typing
 from pathlib import Path
@@ -127,5 +126,14 @@ def render() -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lrag_framework.config_reference",
+                                     description="Write the configuration reference (Markdown).")
+    parser.add_argument("path", type=Path, help="the file to write, e.g. docs/config.md")
+    parser.parse_args(argv).path.write_text(render())
+
+
 if __name__ == "__main__":
-    Path(sys.argv[1]).write_text(render())
+    main()

@@ -53,6 +53,7 @@ class WanBackbone(Backbone):
         self._quantized = False
         self._text = None  # the TextEncoder, built at the first text prompt
         self._roped_context = roped_context
+        self._graphs = None  # GraphedPasses (cuda_graphs on CUDA)
         self.device = torch.device("cpu")
         self.dtype = DTYPES.get(params.dtype, torch.float32)
         if not self.model.head.head.weight.is_meta:
@@ -204,14 +205,18 @@ class WanBackbone(Backbone):
         if self.params.compile and self.device.type == "cuda":
             self.model.compile_layers()
             self._roped_context = torch.compile(roped_context, dynamic=True)
+        if self.params.cuda_graphs and self.device.type == "cuda":
+            from .graphs import GraphedPasses
+
+            self._graphs = GraphedPasses(self.model)
         self.spec = BackboneSpec(**{**self.spec.__dict__, "kv_dtype": self.dtype})
         return self
 
     def memory_estimate(self, streams: int, num_frames: int) -> int:
         """Weights (DiT, and VAE or TAEHV for video out), the context buffers of one block
         (roped K/V of up to twice the window), its per-layer activations (FFN width, float32
-        residual, a few temporaries) and a decoder's working set; the text encoder is freed
-        before generation. An estimate for refusing runs that cannot fit, not a measurement."""
+        residual, a few temporaries) and a decoder's working set, the first two twice with CUDA
+        graphs (their buffers and pool); the text encoder is freed before generation. An estimate for refusing runs that cannot fit, not a measurement."""
         c, p = self.cfg, self.params
         weight = 1 if p.quantize == "float8" else self.dtype.itemsize
         linear = sum(m.weight.numel() for m in self.model.blocks.modules()
@@ -225,6 +230,8 @@ class WanBackbone(Backbone):
         decoder = (2 * 2 ** 20 if p.decoder == "taehv" else 260 * 2 ** 20) + 24 * pixels
         if self.decode_device != self.device:  # decoder_device: on another device
             decoder = 0
+        if p.cuda_graphs and self.device.type == "cuda":  # a second context pair, the graph pool
+            context, activations = 2 * context, 2 * activations
         return int(dit + context + activations + decoder)
 
     def _ready(self) -> None:
@@ -310,8 +317,12 @@ class WanBackbone(Backbone):
         b, f = valid.shape
         fb = context.block_positions.shape[1]
         m = f * n
-        k = torch.empty((layers, b, m + fb * n, c.num_heads, c.head_dim), device=dev, dtype=dt)
-        v = torch.empty_like(k)
+        shape = (layers, b, m + fb * n, c.num_heads, c.head_dim)
+        if self._graphs is None:
+            k = torch.empty(shape, device=dev, dtype=dt)
+            v = torch.empty_like(k)
+        else:  # a shape seen before: the graphed passes' own buffers
+            k, v = self._graphs.context_buffers(shape, dt, dev)
         mask = None
         if f:
             all_valid = bool(valid.all())  # decided on the host: no sync
@@ -344,8 +355,9 @@ class WanBackbone(Backbone):
             raise ValueError(f"wan: expected a block {expected} as prepared, got {list(x.shape)}")
         t_frames = t.to(self.device, torch.float32, non_blocking=True)  # no host sync
         t_frames = t_frames.reshape(-1, 1).expand(b, f)
-        return self.model(x.to(self.device), t_frames, prepared.rope, prepared.k, prepared.v,
-                          prepared.mask, cond.cross(prepared.frames), return_kv)
+        run = self._graphs or self.model
+        return run(x.to(self.device), t_frames, prepared.rope, prepared.k, prepared.v,
+                   prepared.mask, cond.cross(prepared.frames), return_kv)
 
     @torch.no_grad()
     def denoise(self, x, t, cond, prepared):

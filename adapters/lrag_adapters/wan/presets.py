@@ -42,6 +42,9 @@ class WanParams(BaseModel):
     compile: bool = Field(True, description="torch.compile each layer's fixed-shape parts on "
                           "CUDA (about 1.4x; compiled during the run's warm-up, ~15 s once per "
                           "process); ignored on CPU")
+    cuda_graphs: bool = Field(True, description="replay each DiT pass as a CUDA graph once its "
+                              "context shape repeats (the steady state): one launch instead of "
+                              "~900 per pass, same outputs; ignored on CPU (docs/backbones.md)")
 
     # text encoder (prompts given as text) and VAE (video output, image/video start frames)
     text_encoder_ckpt: str | None = Field(None, description="umT5 encoder state dict; default: "
@@ -63,9 +66,9 @@ class WanParams(BaseModel):
         None, pattern=r"^(cpu|cuda(:\d+)?)$", description="device of the video decoder (VAE or "
         "TAEHV), e.g. cuda:1: the DiT on one GPU, decoding beside it on another; default: the "
         "compute device")
-    vae_compile: bool = Field(False, description="torch.compile the VAE decoder on CUDA "
-                              "(compiled in the run's warm-up when video is written; see "
-                              "docs/vae.md)")
+    vae_compile: bool = Field(True, description="torch.compile the VAE decoder on CUDA (about "
+                              "1.7x; compiled in the run's warm-up when video is written, "
+                              "~40 s once per process; see docs/vae.md); ignored on CPU")
     quantize: Literal["none", "float8"] = Field(
         "none", description="float8: the DiT's linear layers in float8 (torchao, dynamic "
         "per-row scales; CUDA with compute capability >= 8.9, bf16; pip install "
