@@ -19,10 +19,10 @@ def test_a_shape_gets_persistent_buffers_from_its_second_sight_and_old_shapes_ar
     third = passes.context_buffers(a, torch.float32, torch.device("cpu"))
     assert first[0] is not second[0] and second[0] is third[0] and second[1] is third[1]
     assert second[0].shape == a and second[0].data_ptr() != second[1].data_ptr()
-    passes.graphs[(a, False)] = "a graph of shape a"
+    passes.graphs[(a, False)], passes.pool = "a graph of shape a", "its pool"
     passes.context_buffers(b, torch.float32, torch.device("cpu"))
     passes.context_buffers(b, torch.float32, torch.device("cpu"))  # keep=1: a is dropped
-    assert list(passes.buffers) == [b] and not passes.graphs
+    assert list(passes.buffers) == [b] and not passes.graphs and passes.pool is None
 
 
 def test_passes_on_other_buffers_run_the_model_as_it_is():
@@ -62,3 +62,23 @@ def test_graphed_runs_replay_and_match_eager_runs_bitwise_on_cuda(tmp_path, monk
     graphed = lrag_framework.run(run_config(tmp_path, True, retrieval)).latents[mode]
     assert captures  # the steady-state blocks replayed graphs
     assert torch.equal(graphed, eager)
+
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
+def test_replays_follow_their_inputs_and_a_dropped_shape_frees_its_pool_on_cuda():
+    def toy(x, t, rope, k_buf, v_buf, mask, cross, return_kv):
+        return x * 2 + k_buf.sum() + v_buf.sum() + t.sum() + rope[0].sum() + cross.sum()
+
+    passes, cuda = GraphedPasses(toy, keep=1), torch.device("cuda")
+    rope, cross = (torch.ones(3, device=cuda), torch.zeros(3, device=cuda)), torch.ones(2,
+                                                                                  device=cuda)
+    for i, shape in enumerate([(2, 3), (2, 3), (2, 3), (4, 3), (4, 3), (4, 3)]):
+        k, v = passes.context_buffers(shape, torch.float32, cuda)
+        k.fill_(i)
+        v.fill_(1)
+        x, t = torch.randn(5, device=cuda), torch.full((2,), float(i), device=cuda)
+        out = passes(x, t, rope, k, v, None, cross, False)
+        expected = x * 2 + i * k.numel() + v.numel() + 2 * i + 3 + 2
+        torch.testing.assert_close(out, expected)
+    assert passes.captures == 2 and list(passes.buffers) == [(4, 3)]

@@ -95,3 +95,5 @@ class GraphedPasses:
         del self.buffers[shape]
         for key in [k for k in self.graphs if k[0] == shape]:
             del self.graphs[key]
+        if not self.graphs:  # the pool went with its last graph: capturing into it would fail
+            self.pool = None
