@@ -38,9 +38,11 @@ PREFIX, GENERATED, WINDOW = 12, 192, 12
 GEOMETRY = Geometry(block=3, window=WINDOW, sink=1, k=3, recency=5, placement="fill")
 
 
-def generate(weights: str, worlds: list[int], device: str) -> dict[str, np.ndarray]:
+def generate(weights: str, worlds: list[int], device: str, params: dict | None = None
+             ) -> dict[str, np.ndarray]:
     """Generated frames per mode [S, T, 3, F, F] of the default job's retrieval configuration."""
-    cfg = {"name": "world_memory", "backbone": {"name": "tiny", "params": {"weights": weights}},
+    cfg = {"name": "world_memory",
+           "backbone": {"name": "tiny", "params": {"weights": weights, **(params or {})}},
            "embedder": {"name": "pose"},
            "retrieval": {"enabled": True, "k": GEOMETRY.k, "recency": GEOMETRY.recency,
                          "placement": "fill", "retrieved_position": "zero"},
@@ -126,16 +128,12 @@ def consistency(gen: np.ndarray, truth: np.ndarray, truths) -> tuple[float, int]
     return psnr(sse, n), frames
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", type=int, default=5)
-    parser.add_argument("--weights", default="builtin")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    worlds = list(range(1000001, 1000001 + args.worlds))
+def memory_table(weights: str, worlds: list[int], device: str = "cpu",
+                 params: dict | None = None) -> None:
+    """Print the table of one generator (also run by ``benchmarks/world_results.py``)."""
     clips = [make_clip(w, PREFIX + GENERATED, "revisit") for w in worlds]
-    runs = generate(args.weights, worlds, args.device)
-    print(f"# world_memory: weights {args.weights}, worlds {worlds[0]}-{worlds[-1]}, revisit "
+    runs = generate(weights, worlds, device, params)
+    print(f"# world_memory: weights {weights}, worlds {worlds[0]}-{worlds[-1]}, revisit "
           f"paths, {PREFIX} prefix + {GENERATED} generated frames; retrieval: pose, fill, K=3\n")
     print("| mode | frames | seen share | PSNR seen | PSNR unseen (row-mean guess) | PSNR all "
           "(pooled) | memory ceiling | consistency on loop closure (frames) |")
@@ -154,6 +152,15 @@ def main() -> None:
             print(f"| {mode} | {label} | {share:.2f} | {p_seen:.2f} | {p_unseen:.2f} "
                   f"({p_guess:.2f}) | "
                   f"{overall:.2f} | {ceiling:.2f} | {cons or '-'} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worlds", type=int, default=5)
+    parser.add_argument("--weights", default="builtin")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    memory_table(args.weights, list(range(1000001, 1000001 + args.worlds)), args.device)
 
 
 if __name__ == "__main__":

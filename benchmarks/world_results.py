@@ -14,9 +14,12 @@ and prints markdown tables of:
 - retrieval precision@K, the precision ceiling and their ratio;
 - avg_pool's precision@K on ground-truth frames (what a generator that never drifts would give);
 - with ``--oracle``, a row per generator whose retriever is perfect (the eligible frames that
-  overlap the block's ground-truth frame most): what the generator does with the right frames.
+  overlap the block's ground-truth frame most): what the generator does with the right frames;
+- per generator, the memory table of ``benchmarks/world_memory.py`` (seen and unseen pixels,
+  the memory ceiling, consistency; ``--no-memory`` skips it).
 
     python benchmarks/world_results.py [--worlds 5] [--frames 204] [--device cpu] [--oracle]
+    python benchmarks/world_results.py --generators builtin --backbone-params '{"steps": [1.0]}'
 """
 from __future__ import annotations
 
@@ -61,10 +64,11 @@ CONFIGS = {
 
 
 def run_one(weights: str, retrieval: dict, worlds: list[int], frames: int, root: str,
-            device: str) -> dict:
+            device: str, params: dict | None = None) -> dict:
     retrieval = dict(retrieval)
     embedder = retrieval.pop("embedder", {"name": "avg_pool"})
-    cfg = {"name": "results", "backbone": {"name": "tiny", "params": {"weights": weights}},
+    cfg = {"name": "results",
+           "backbone": {"name": "tiny", "params": {"weights": weights, **(params or {})}},
            "embedder": embedder, "retrieval": {"enabled": True, "recency": 5, **retrieval},
            "generation": {"num_frames": frames, "seed": 0, "batch_size": len(worlds)},
            "conditionings": [{"world": w, "path": "revisit"} for w in worlds],
@@ -97,14 +101,15 @@ class OracleEngine(Engine):
 
 
 def run_oracle(weights: str, worlds: list[int], frames: int, refs: list, device: str,
-               native: bool = False) -> dict:
+               native: bool = False, params: dict | None = None) -> dict:
     """Metrics of the fill, K = 3 run with a perfect retriever (same noise as ``lrag run``);
     with ``native`` those of the native run too (mode -> metrics)."""
     from lrag_adapters.world import make_clip, overlap_matrix
     from lrag_framework.plugins import load_plugins
 
     registry = load_plugins()
-    backbone = registry.build("backbone", "tiny", {"weights": weights}).to(device)
+    backbone = registry.build("backbone", "tiny", {"weights": weights, **(params or {})}
+                              ).to(device)
     g = Geometry(3, 12, 1, 3, 5, "fill")
     overlaps = torch.stack([torch.from_numpy(overlap_matrix(t, t)) for t in
                             (make_clip(w, frames, "revisit")[2] for w in worlds)])
@@ -201,6 +206,10 @@ def main() -> None:
                         help="only the oracle rows (needs the native row: run without first)")
     parser.add_argument("--no-ground-truth", action="store_true",
                         help="skip the table of precision on ground-truth frames")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the memory tables (benchmarks/world_memory.py per generator)")
+    parser.add_argument("--backbone-params", type=json.loads, default={}, metavar="JSON",
+                        help='tiny backbone params over the weights, e.g. \'{"steps": [1.0]}\'')
     args = parser.parse_args()
     worlds = [1_000_001 + i for i in range(args.worlds)]
     n = args.frames - PREFIX
@@ -219,7 +228,8 @@ def main() -> None:
             retrieval = CONFIGS[name]
             g = Geometry(3, 12, 1, retrieval["k"], 5, retrieval["placement"])
             masks = [loop_closure_frames(r.same_place, g, PREFIX).numpy() for r in refs]
-            metrics = run_one(weights, retrieval, worlds, args.frames, root, args.device)
+            metrics = run_one(weights, retrieval, worlds, args.frames, root, args.device,
+                              args.backbone_params)
             if native is None:
                 native = metrics["native"]
                 print(row("native", native, None, masks, n))
@@ -227,18 +237,24 @@ def main() -> None:
         if args.oracle:
             g = Geometry(3, 12, 1, 3, 5, "fill")
             masks = [loop_closure_frames(r.same_place, g, PREFIX).numpy() for r in refs]
-            oracle = run_oracle(weights, worlds, args.frames, refs, args.device, native is None)
+            oracle = run_oracle(weights, worlds, args.frames, refs, args.device, native is None,
+                                args.backbone_params)
             if native is None:
                 native = oracle["native"]
                 print(row("native", native, None, masks, n))
             print(row("fill, K=3, pos 0, perfect retriever (oracle)", oracle["retrieval"],
                       native, masks, n), flush=True)
-    if args.no_ground_truth:
-        return
-    print("\n| world | avg_pool precision@3 on ground-truth frames | chance | ceiling |")
-    print("|---|---|---|---|")
-    for w, prec, chance, ceiling in ground_truth_precision(worlds, args.frames):
-        print(f"| {w} | {prec:.3f} | {chance:.3f} | {ceiling:.3f} |")
+    if not args.no_ground_truth:
+        print("\n| world | avg_pool precision@3 on ground-truth frames | chance | ceiling |")
+        print("|---|---|---|---|")
+        for w, prec, chance, ceiling in ground_truth_precision(worlds, args.frames):
+            print(f"| {w} | {prec:.3f} | {chance:.3f} | {ceiling:.3f} |")
+    if not args.no_memory:
+        from world_memory import memory_table
+
+        for weights in args.generators:
+            print()
+            memory_table(weights, worlds, args.device, args.backbone_params)
 
 
 if __name__ == "__main__":
