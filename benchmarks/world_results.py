@@ -16,7 +16,8 @@ and prints markdown tables of:
 - with ``--oracle``, a row per generator whose retriever is perfect (the eligible frames that
   overlap the block's ground-truth frame most): what the generator does with the right frames;
 - per generator, the memory table of ``benchmarks/world_memory.py`` (seen and unseen pixels,
-  the memory ceiling, consistency; ``--no-memory`` skips it).
+  the memory ceiling, consistency; ``--no-memory`` skips it);
+- the default job's table: ``lrag run`` with no config (its two worlds, video off), both modes.
 
     python benchmarks/world_results.py [--worlds 5] [--frames 204] [--device cpu] [--oracle]
     python benchmarks/world_results.py --generators builtin --backbone-params '{"steps": [1.0]}'
@@ -208,6 +209,8 @@ def main() -> None:
                         help="skip the table of precision on ground-truth frames")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the memory tables (benchmarks/world_memory.py per generator)")
+    parser.add_argument("--no-default-job", action="store_true",
+                        help="skip the default job's table")
     parser.add_argument("--backbone-params", type=json.loads, default={}, metavar="JSON",
                         help='tiny backbone params over the weights, e.g. \'{"steps": [1.0]}\'')
     args = parser.parse_args()
@@ -255,6 +258,27 @@ def main() -> None:
         for weights in args.generators:
             print()
             memory_table(weights, worlds, args.device, args.backbone_params)
+    if not args.no_default_job:
+        default_job(root)
+
+
+def default_job(root: str) -> None:
+    """The table of ``lrag run`` with no config (the default job), its video left out."""
+    cfg = lrag_framework.load_config(None)
+    result = lrag_framework.run(None, overrides=["output.video=false", f"output.root={root}"])
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    worlds = [c["world"] for c in cfg.conditionings]
+    frames = cfg.generation.num_frames
+    g = Geometry(3, 12, 1, cfg.retrieval.k, cfg.retrieval.recency, cfg.retrieval.placement)
+    masks = [loop_closure_frames(r.same_place, g, PREFIX).numpy()
+             for r in references(worlds, frames)]
+    print(f"\n### the default job (`lrag run`: worlds {worlds}, {cfg.embedder.name}, "
+          f"{cfg.retrieval.placement}, K = {cfg.retrieval.k}; mean ± std over its streams)\n")
+    print(f"| run | 1x (12) | 4x (48) | 16x ({frames - PREFIX}) | loop closure (16x) | gain, loop "
+          f"closure | gain, all | precision@K (of ceiling) | drift dB/100 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(row("native", metrics["native"], None, masks, frames - PREFIX))
+    print(row("retrieval", metrics["retrieval"], metrics["native"], masks, frames - PREFIX))
 
 
 if __name__ == "__main__":
