@@ -41,24 +41,24 @@ PREFIX = 12
 GENERATORS = {"builtin-contiguous": "trained on contiguous windows (the paper's setting)",
               "builtin-planned": "trained on planned context + one-block rollouts",
               "builtin": "trained on planned context + three-block rollouts (the default)"}
-CONFIGS = {
-    "fill, K=3, pos 0 (default)": {"placement": "fill", "k": 3, "retrieved_position": "zero"},
-    "fill, K=6, pos 0": {"placement": "fill", "k": 6, "retrieved_position": "zero"},
-    "reference, K=6, pos 0 (public)": {"placement": "reference", "k": 6,
-                                       "retrieved_position": "zero"},
-    "extend, K=3, pos 0": {"placement": "extend", "k": 3, "retrieved_position": "zero"},
-    "fill, K=3, before_local": {"placement": "fill", "k": 3,
-                                "retrieved_position": "before_local"},
-    "fill, K=3, pos 0, pose key": {"placement": "fill", "k": 3, "retrieved_position": "zero",
-                                   "embedder": {"name": "pose"}},
-    "fill, K=6, pos 0, pose key": {"placement": "fill", "k": 6, "retrieved_position": "zero",
-                                   "embedder": {"name": "pose"}},
-    "reference, K=6, pos 0, pose key": {"placement": "reference", "k": 6,
-                                        "retrieved_position": "zero",
-                                        "embedder": {"name": "pose"}},
-    "extend, K=3, pos 0, pose key": {"placement": "extend", "k": 3, "retrieved_position": "zero",
-                                     "embedder": {"name": "pose"}},
-    "fill, K=3, pos 0, pose + avg_pool 0.3": {
+CONFIGS = {  # the row names of docs/results.md (retrieved frames at position 0 unless named)
+    "avg_pool, fill, K=3": {"placement": "fill", "k": 3, "retrieved_position": "zero"},
+    "avg_pool, fill, K=6": {"placement": "fill", "k": 6, "retrieved_position": "zero"},
+    "avg_pool, reference, K=6 (public)": {"placement": "reference", "k": 6,
+                                          "retrieved_position": "zero"},
+    "avg_pool, extend, K=3": {"placement": "extend", "k": 3, "retrieved_position": "zero"},
+    "avg_pool, fill, K=3, before_local": {"placement": "fill", "k": 3,
+                                          "retrieved_position": "before_local"},
+    "pose, fill, K=3 (the default job)": {"placement": "fill", "k": 3,
+                                          "retrieved_position": "zero",
+                                          "embedder": {"name": "pose"}},
+    "pose, fill, K=6": {"placement": "fill", "k": 6, "retrieved_position": "zero",
+                        "embedder": {"name": "pose"}},
+    "pose, reference, K=6": {"placement": "reference", "k": 6, "retrieved_position": "zero",
+                             "embedder": {"name": "pose"}},
+    "pose, extend, K=3": {"placement": "extend", "k": 3, "retrieved_position": "zero",
+                          "embedder": {"name": "pose"}},
+    "pose + avg_pool 0.3, fill, K=3": {
         "placement": "fill", "k": 3, "retrieved_position": "zero",
         "embedder": {"name": "pose", "params": {"latent_weight": 0.3}}},
 }
@@ -245,7 +245,7 @@ def main() -> None:
             if native is None:
                 native = oracle["native"]
                 print(row("native", native, None, masks, n))
-            print(row("fill, K=3, pos 0, perfect retriever (oracle)", oracle["retrieval"],
+            print(row("perfect retriever, fill, K=3", oracle["retrieval"],
                       native, masks, n), flush=True)
     if not args.no_ground_truth:
         print("\n| world | avg_pool precision@3 on ground-truth frames | chance | ceiling |")
