@@ -82,3 +82,25 @@ def test_replays_follow_their_inputs_and_a_dropped_shape_frees_its_pool_on_cuda(
         expected = x * 2 + i * k.numel() + v.numel() + 2 * i + 3 + 2
         torch.testing.assert_close(out, expected)
     assert passes.captures == 2 and list(passes.buffers) == [(4, 3)]
+
+
+def test_a_failed_capture_names_the_way_out(monkeypatch):
+    class Refusing:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
+    monkeypatch.setattr(torch.cuda, "graph", Refusing)
+    passes = GraphedPasses(model=lambda *args: None)
+    x = torch.zeros(2)
+    with pytest.raises(RuntimeError, match=r"operation not permitted .*\); run it eagerly with "
+                                           r"backbone.params.cuda_graphs: false"):
+        passes._capture([x, x, x, x, None, x], x, x, False)
+    assert passes.captures == 0

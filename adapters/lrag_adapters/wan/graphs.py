@@ -86,8 +86,13 @@ class GraphedPasses:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-            out = self.model(x, t, (cos, sin), k_buf, v_buf, mask, cross, return_kv)
+        try:
+            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+                out = self.model(x, t, (cos, sin), k_buf, v_buf, mask, cross, return_kv)
+        except RuntimeError as err:  # e.g. a kernel that cannot be captured on this setup
+            raise RuntimeError(f"wan: capturing a DiT pass as a CUDA graph failed "
+                               f"({str(err).splitlines()[0]}); run it eagerly with "
+                               f"backbone.params.cuda_graphs: false") from err
         self.captures += 1
         return _Graph(graph, inputs, out)
 
