@@ -108,8 +108,8 @@ class MemoryConfig(Strict):
         "their K/V (they stay indexed but become ineligible): thin (keep an even spread over the "
         "whole history), drop_oldest, or error (stop before generating)")
     storage: Literal["auto", "float8"] = Field(
-        "auto", description="K/V storage: the backbone's dtype, or float8 (e4m3 + per-frame "
-        "scales, half the bytes of bf16)")
+        "auto", description="K/V storage: the backbone's dtype, or float8 for history (e4m3 + "
+        "per-frame scales, half the bytes of bf16; sink and local window stay exact)")
     tier: Literal["auto", "cpu"] = Field(
         "auto", description="where history K/V lives: the compute device, or host memory "
         "(pinned when computing on a GPU)")

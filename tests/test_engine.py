@@ -218,7 +218,10 @@ def test_float8_storage_halves_bytes_and_keeps_the_context():
     kv[:, 0] *= 0.01  # K and V of very different magnitudes: per-frame scales keep both
     kv[:, 1] *= 100.0
     memory.write(0, kv, droppable_below=0, keep=0)
-    back = memory.gather(torch.tensor([[0, 1, 2], [2, 1, 0]]))
+    recent = memory.gather(torch.tensor([[0, 1, 2], [2, 1, 0]]), start=3)
+    assert torch.equal(recent[:, :, 0], kv[:, :, 0])  # the local window: exact, from the ring
+    back = memory.gather(torch.tensor([[0, 1, 2], [2, 1, 0]]), start=12)  # history: float8
+    assert not torch.equal(back[:, :, 0], kv[:, :, 0])
     for which, size in ((0, 0.01), (1, 100.0)):  # e4m3: 3 mantissa bits -> relative error <= 1/16
         torch.testing.assert_close(back[:, which, 0], kv[:, which, 0], rtol=1 / 16,
                                    atol=size * 1e-3)
@@ -233,6 +236,15 @@ def test_float8_history_generates_close_to_full_precision(backbone):
     assert fp8.memory["kv_frame_bytes"] < full.memory["kv_frame_bytes"] / 3
     err = (fp8.latents - full.latents).norm() / full.latents.norm()
     assert 0 < err < 0.05, err
+
+
+def test_float8_storage_leaves_a_native_run_exact(backbone):
+    """Only history is quantised: sink and local window come from the exact ring, so a native
+    run (which reads nothing else) is the same whatever the storage."""
+    cond = backbone.encode_conditioning([None, None], 24)
+    full = make_engine(backbone, k=0).generate(cond, gens(), 24)
+    fp8 = make_engine(backbone, k=0, storage="float8").generate(cond, gens(), 24)
+    assert torch.equal(fp8.latents, full.latents)
 
 
 def test_host_tier_gives_the_same_latents(backbone):

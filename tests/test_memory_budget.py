@@ -33,7 +33,10 @@ def test_estimate_counts_pool_latents_and_the_backbone(bb):
     assert e.device_bytes == 2 * GIB + 100 * full + e.parts["latents"]
     host = estimate(bb, 2, 100, "float8", "cpu", ring_frames=13, device="cuda")
     assert host.host_bytes == 100 * frame_bytes(bb.spec, 2, "float8") + host.parts["latents"]
-    assert host.parts["kv_ring"] == 13 * frame_bytes(bb.spec, 2, "float8")
+    assert host.parts["kv_ring"] == 13 * full  # the ring holds the backbone's dtype
+    device_fp8 = estimate(bb, 2, 100, "float8", ring_frames=13, device="cuda")
+    assert device_fp8.device_bytes == (2 * GIB + 100 * frame_bytes(bb.spec, 2, "float8")
+                                       + 13 * full + device_fp8.parts["latents"])
     assert estimate(bb, 2, 100, device="cpu").host_bytes == 0  # one memory on the CPU
 
 

@@ -42,12 +42,14 @@ def estimate(backbone: Backbone, streams: int, num_frames: int, storage: str = "
              device: torch.device | str = "cpu") -> MemoryEstimate:
     """Bytes a run of ``streams`` x ``num_frames`` latent frames needs on the compute device and
     on the host, with ``kv_frames`` frames of history K/V (default: all) stored as ``storage`` on
-    ``tier`` (``cpu``: a host pool plus a device ring of ``ring_frames`` frames)."""
+    ``tier`` (``cpu``, or any tier with ``float8``: plus a device ring of ``ring_frames`` frames
+    in the backbone's dtype)."""
     spec = backbone.spec
     per_frame = frame_bytes(spec, streams, storage)
     pool = (num_frames if kv_frames is None else kv_frames) * per_frame
     latents = streams * num_frames * math.prod(spec.latent_shape) * 4  # float32 output
-    parts = {"kv_pool": pool, "kv_ring": ring_frames * per_frame if tier == "cpu" else 0,
+    ring = ring_frames * frame_bytes(spec, streams) if tier == "cpu" or storage == "float8" else 0
+    parts = {"kv_pool": pool, "kv_ring": ring,
              "latents": latents, "backbone": int(backbone.memory_estimate(streams, num_frames))}
     on_device = parts["backbone"] + latents + parts["kv_ring"] + (pool if tier != "cpu" else 0)
     on_host = latents + (pool if tier == "cpu" else 0)  # the latents come back to the host

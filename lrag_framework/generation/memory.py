@@ -16,7 +16,9 @@ the pool lives in host memory (pinned when computing on a GPU) and a small devic
 sink and the most recent ``recent`` frames, so a block's local context never crosses the bus;
 only retrieved frames do, copied by ``prefetch`` on a side stream as soon as the engine knows
 them (while the previous block's recache pass runs); new frames go to the host on the same side
-stream, overlapping the next block.
+stream, overlapping the next block. The ring holds the backbone's dtype, and under ``float8`` it
+exists on either tier: only history is quantised, the sink and the local window stay exact (a
+native run is the same whatever the storage) and need no dequantising.
 """
 from __future__ import annotations
 
@@ -154,10 +156,10 @@ class KVMemory:
         pin = home.type == "cpu" and self.device.type == "cuda"
         firsts = torch.arange(streams) * capacity
         self.pool = FrameStore(streams * capacity, frame, spec.kv_dtype, fp8, home, pin, firsts)
-        self.ring = None  # tier cpu: sink + recent frames on the compute device
-        if tier == "cpu":
+        self.ring = None  # tier cpu or float8: sink + recent frames, exact, on the device
+        if tier == "cpu" or fp8:
             self.sink, self.recent = sink, min_frames
-            self.ring = FrameStore(streams * (sink + min_frames), frame, spec.kv_dtype, fp8,
+            self.ring = FrameStore(streams * (sink + min_frames), frame, spec.kv_dtype, False,
                                    self.device, False, firsts)
         self._dequantize = dequantize
         if fp8 and self.device.type == "cuda":  # one fused kernel
@@ -224,6 +226,9 @@ class KVMemory:
     def store(self, start: int, kv: Tensor) -> None:
         """K/V ``[L, 2, B, F, N, Hh, Dh]`` of frames [start, start+F), slots already reserved."""
         frames = torch.arange(start, start + kv.shape[3])
+        if self.ring is not None:
+            rows = self._rows(self._ring_slot(frames), self.sink + self.recent)
+            self.ring.put(rows, kv.permute(2, 3, 0, 1, 4, 5, 6).flatten(0, 1), None)
         scale = None
         if self.pool.scale is not None:
             scale = kv.float().abs().amax(dim=(4, 5, 6)).clamp(min=1e-12) / FP8_MAX  # [L,2,B,F]
@@ -239,9 +244,6 @@ class KVMemory:
                 self.pool.put(rows, values, scale)
             for t in (values, scale) if scale is not None else (values,):
                 t.record_stream(self.side)
-        if self.ring is not None:
-            rows = self._rows(self._ring_slot(frames), self.sink + self.recent)
-            self.ring.put(rows, values, scale)
 
     def write(self, start: int, kv: Tensor, droppable_below: int, keep: int) -> None:
         """``reserve`` then ``store`` (overwrites frames already held)."""
@@ -298,29 +300,22 @@ class KVMemory:
                 torch.cuda.current_stream(self.device).wait_stream(self.side)
             values, scale = self.pool.take(rows, self.device)
         self.staged = None
+        if scale is not None:  # float8 history rows [n, L, 2, ...] in the backbone's dtype
+            values = self._dequantize(values, scale, self.kv_dtype)
         if self.ring is not None and bool(in_ring.any()):
             ring_rows = (torch.arange(b)[:, None] * (self.sink + self.recent)
                          + self._ring_slot(frame_ids.clamp(min=0)))[in_ring]
-            ring_values, ring_scale = self.ring.take(ring_rows, self.device)
+            ring_values, _ = self.ring.take(ring_rows, self.device)
             if len(rows):
-                values, scale = self._merge(in_ring, ring_values, ring_scale, values, scale)
+                values = self._merge(in_ring, ring_values, values)
             else:  # the whole context is recent (e.g. no retrieval): no merge copy
-                values, scale = ring_values, ring_scale
-        out = values.view(b, f, *values.shape[1:]).permute(2, 3, 0, 1, 4, 5, 6)
-        if scale is None:
-            return out
-        return self._dequantize(out, scale.view(b, f, *scale.shape[1:]).permute(2, 3, 0, 1),
-                                self.kv_dtype)
+                values = ring_values
+        return values.view(b, f, *values.shape[1:]).permute(2, 3, 0, 1, 4, 5, 6)
 
     @staticmethod
-    def _merge(in_ring: Tensor, ring_values: Tensor, ring_scale: Tensor | None,
-               pool_values: Tensor, pool_scale: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _merge(in_ring: Tensor, ring_values: Tensor, pool_values: Tensor) -> Tensor:
         """Interleave ring rows and pool rows back into planned order [B * F, ...]."""
         mask = in_ring.flatten().to(ring_values.device, non_blocking=True)
         values = ring_values.new_empty((len(mask), *ring_values.shape[1:]))
         values[mask], values[~mask] = ring_values, pool_values
-        if ring_scale is None:
-            return values, None
-        scale = ring_scale.new_empty((len(mask), *ring_scale.shape[1:]))
-        scale[mask], scale[~mask] = ring_scale, pool_scale
-        return values, scale
+        return values
