@@ -300,7 +300,7 @@ class KVMemory:
                 torch.cuda.current_stream(self.device).wait_stream(self.side)
             values, scale = self.pool.take(rows, self.device)
         self.staged = None
-        if scale is not None:  # float8 history rows [n, L, 2, ...] in the backbone's dtype
+        if scale is not None and len(rows):  # float8 history rows -> the backbone's dtype
             values = self._dequantize(values, scale, self.kv_dtype)
         if self.ring is not None and bool(in_ring.any()):
             ring_rows = (torch.arange(b)[:, None] * (self.sink + self.recent)
