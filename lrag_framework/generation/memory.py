@@ -300,8 +300,9 @@ class KVMemory:
                 torch.cuda.current_stream(self.device).wait_stream(self.side)
             values, scale = self.pool.take(rows, self.device)
         self.staged = None
-        if scale is not None and len(rows):  # float8 history rows -> the backbone's dtype
-            values = self._dequantize(values, scale, self.kv_dtype)
+        if scale is not None:  # float8 history rows -> the backbone's dtype
+            values = (self._dequantize(values, scale, self.kv_dtype) if len(rows)
+                      else values.to(self.kv_dtype))
         if self.ring is not None and bool(in_ring.any()):
             ring_rows = (torch.arange(b)[:, None] * (self.sink + self.recent)
                          + self._ring_slot(frame_ids.clamp(min=0)))[in_ring]
