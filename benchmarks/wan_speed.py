@@ -5,7 +5,9 @@ length it runs native (sliding window) and retrieval (K = 6, R = 5, ``reference`
 window 12, sink 1, the LongLive-RAG defaults) as separate runs and prints one markdown row per
 run: DiT seconds (after run()'s warm-up block, VAE excluded), video FPS (a latent frame is 4 video
 frames: 4T - 3 in all), the retrieval/native time ratio, peak GPU memory, host memory growth
-(RSS after the run minus before, and peak minus before) and the history K/V bytes per frame.
+(RSS after the run minus before, and peak minus before), the history K/V bytes per frame, and
+the mean time per block in each quarter of the run (host clock at each finished block: does a
+long run slow down as it goes?).
 
     python benchmarks/wan_speed.py                       # H100: 120 and 480 latent frames
     python benchmarks/wan_speed.py --tiny                # CPU smoke check, tiny model
@@ -81,6 +83,33 @@ def reset_host_peak() -> None:
         pass
 
 
+class BlockClock:
+    """A ``run(progress=...)`` bar that notes the host time at each finished block."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def __call__(self, mode: str, total: int) -> BlockClock:
+        self.times = [time.perf_counter()]
+        return self
+
+    def update(self, n: int) -> None:
+        self.times.append(time.perf_counter())
+
+    def close(self) -> None:
+        pass
+
+    def quarters(self) -> str:
+        """Mean ms per block in each quarter of the run's blocks (the first block left out:
+        run()'s warm-up precedes it, so the host may be ahead of the GPU there)."""
+        gaps = [b - a for a, b in zip(self.times[1:], self.times[2:])]
+        if len(gaps) < 4:
+            return "-"
+        q = len(gaps) // 4
+        parts = [gaps[i * q:(i + 1) * q if i < 3 else len(gaps)] for i in range(4)]
+        return " / ".join(f"{1000 * sum(p) / len(p):.0f}" for p in parts)
+
+
 def measure(cfg: dict) -> dict:
     cuda = cfg["device"] == "cuda"
     if cuda:
@@ -88,8 +117,9 @@ def measure(cfg: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     reset_host_peak()
     before = rss_bytes()
+    clock = BlockClock()
     start = time.perf_counter()
-    result = lrag_framework.run(cfg)
+    result = lrag_framework.run(cfg, progress=clock)
     wall = time.perf_counter() - start
     mode = "retrieval" if cfg["retrieval"]["enabled"] else "native"
     summary = result.summary["modes"][mode]
@@ -98,7 +128,7 @@ def measure(cfg: dict) -> dict:
             "resolved": (result.summary.get("memory_resolved") or {}).get("resolved"),
             "timings": summary["timings"], "setup": wall - summary["seconds"],
             "memory": summary["memory"],
-            "blocks_retrieved": summary["blocks_retrieved"],
+            "blocks_retrieved": summary["blocks_retrieved"], "quarters": clock.quarters(),
             "gpu_peak": torch.cuda.max_memory_allocated() if cuda else 0,
             "host_growth": rss_bytes() - before, "host_peak_growth": rss_bytes("VmHWM") - before}
 
@@ -142,8 +172,8 @@ def main() -> None:
     print("| latent frames | linear | graphs | mode | seconds | video FPS | RAG/native | denoise s | "
           "recache s | plan+gather s | retrieval s | peak GPU GiB | host +GiB (peak) | "
           "history MiB/frame | storage, tier, budget GiB | dropped | pool setup s | "
-          "setup s (build, warm-up, compile) |")
-    print("|" + "---|" * 18)
+          "setup s (build, warm-up, compile) | ms per block by quarter of the run |")
+    print("|" + "---|" * 19)
     gib = 2 ** 30
     errors, profiles = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,7 +209,8 @@ def main() -> None:
                           f"{r['host_growth'] / gib:+.2f} ({r['host_peak_growth'] / gib:+.2f}) | "
                           f"{mem['kv_frame_bytes'] / 2 ** 20:.3f} | {where} | "
                           f"{mem['kv_dropped_frames']} | {tm['memory_setup']:.1f} | "
-                          f"{r['setup'] - tm['memory_setup']:.1f} |", flush=True)
+                          f"{r['setup'] - tm['memory_setup']:.1f} | {r['quarters']} |",
+                          flush=True)
                     latents[quantize, graphs] = r["latents"]
                 if (args.profile or args.profile_only) and t == frames[0] and not args.tiny \
                         and quantize == args.quantize[0]:
