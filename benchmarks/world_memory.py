@@ -16,7 +16,8 @@ and retrieval (the default job's key: ``pose``, fill, K = 3) on the same noise:
 - **consistency** on loop-closure frames: PSNR between a generated frame and the generator's own
   earlier frame of the same place (the eligible frame of its block that overlaps it most),
   compared on the panorama pixels both show, background only (pixels where the two truth frames
-  agree). This is "show it as it was": 100 dB would be a perfect copy of the earlier pass.
+  agree). This is "show it as it was": a perfect copy of the earlier pass gives 106 dB (the
+  cap of a zero error).
 
     python benchmarks/world_memory.py [--worlds 5] [--weights builtin] [--device cpu]
 """
@@ -28,7 +29,7 @@ import tempfile
 
 import numpy as np
 import torch
-from lrag_adapters.world import make_clip, overlap_matrix
+from lrag_adapters.world import SAME_PLACE_OVERLAP, make_clip, overlap_matrix
 
 import lrag_framework
 from lrag_framework.generation.plan import Geometry
@@ -69,9 +70,10 @@ def psnr(sq_err_sum: float, count: int) -> float:
     return 10 * math.log10(4.0 / max(sq_err_sum / max(count, 1), 1e-10))  # pixels in [-1, 1]
 
 
-def loop_frames(truths) -> np.ndarray:
-    """The loop-closure frames (docs/results.md) of a path, as frame indices."""
-    same = torch.from_numpy(overlap_matrix(truths, truths) >= 0.5)
+def loop_frames(overlaps: np.ndarray) -> np.ndarray:
+    """The loop-closure frames (docs/results.md) of a path, as frame indices, from the overlap
+    matrix of its frames."""
+    same = torch.from_numpy(overlaps >= SAME_PLACE_OVERLAP)
     return np.flatnonzero(loop_closure_frames(same, GEOMETRY, PREFIX).numpy())
 
 
@@ -100,17 +102,18 @@ def seen_split(gen: np.ndarray, truth: np.ndarray, truths, which: np.ndarray) ->
             psnr(guess_sse, n_all - n_seen))
 
 
-def consistency(gen: np.ndarray, truth: np.ndarray, truths) -> tuple[float, int]:
+def consistency(gen: np.ndarray, truth: np.ndarray, truths, ov: np.ndarray,
+                loop: np.ndarray) -> tuple[float, int]:
     """(PSNR of generated frames against their own earlier frame of the same place, frames
-    compared) over the loop-closure frames, on the background pixels both frames show."""
+    compared) over the loop-closure frames ``loop``, on the background pixels both frames show;
+    ``ov``: the overlap matrix of the path's frames."""
     frame = truth.shape[-1]
-    ov = overlap_matrix(truths, truths)
     rows, cols = places(truths, frame)
     sse = n = frames = 0
-    for t in loop_frames(truths):
+    for t in loop:
         start = PREFIX + (t - PREFIX) // GEOMETRY.block * GEOMETRY.block
         eligible = GEOMETRY.eligible(start, torch.ones(start, dtype=torch.bool)).numpy()
-        candidates = np.flatnonzero(eligible & (ov[t, :start] >= 0.5))
+        candidates = np.flatnonzero(eligible & (ov[t, :start] >= SAME_PLACE_OVERLAP))
         candidates = candidates[candidates >= PREFIX]  # its own frames, not the prefix's
         if len(candidates) == 0:
             continue
@@ -132,6 +135,10 @@ def memory_table(weights: str, worlds: list[int], device: str = "cpu",
                  params: dict | None = None) -> None:
     """Print the table of one generator (also run by ``benchmarks/world_results.py``)."""
     clips = [make_clip(w, PREFIX + GENERATED, "revisit") for w in worlds]
+    overlaps = [overlap_matrix(c[2], c[2]) for c in clips]
+    spans = [{"4x (48)": np.arange(PREFIX, PREFIX + 48),
+              "16x (192)": np.arange(PREFIX, PREFIX + GENERATED),
+              "loop closure (16x)": loop_frames(ov)} for ov in overlaps]  # per clip
     runs = generate(weights, worlds, device, params)
     print(f"# world_memory: weights {weights}, worlds {worlds[0]}-{worlds[-1]}, revisit "
           f"paths, {PREFIX} prefix + {GENERATED} generated frames; retrieval: pose, fill, K=3\n")
@@ -139,16 +146,16 @@ def memory_table(weights: str, worlds: list[int], device: str = "cpu",
           "(pooled) | memory ceiling | consistency on loop closure (frames) |")
     print("|---|---|---|---|---|---|---|---|")
     for mode, gen in runs.items():
-        for label in ("4x (48)", "16x (192)", "loop closure (16x)"):
-            rows = [seen_split(gen[s], clip[0], clip[2], {
-                "4x (48)": np.arange(PREFIX, PREFIX + 48),
-                "16x (192)": np.arange(PREFIX, PREFIX + GENERATED)}.get(
-                    label, loop_frames(clip[2]))) for s, clip in enumerate(clips)]
+        for label in spans[0]:
+            rows = [seen_split(gen[s], clip[0], clip[2], spans[s][label])
+                    for s, clip in enumerate(clips)]
             share, p_seen, p_unseen, overall, ceiling, p_guess = np.array(rows).mean(0)
             cons = ""
             if label.startswith("loop"):
-                values = np.array([consistency(gen[s], c[0], c[2]) for s, c in enumerate(clips)])
-                cons = f"{values[:, 0].mean():.2f} ± {values[:, 0].std():.2f} ({int(values[:, 1].sum())})"
+                values = np.array([consistency(gen[s], c[0], c[2], overlaps[s], spans[s][label])
+                                   for s, c in enumerate(clips)])
+                cons = (f"{values[:, 0].mean():.2f} ± {values[:, 0].std():.2f} "
+                        f"({int(values[:, 1].sum())})")
             print(f"| {mode} | {label} | {share:.2f} | {p_seen:.2f} | {p_unseen:.2f} "
                   f"({p_guess:.2f}) | "
                   f"{overall:.2f} | {ceiling:.2f} | {cons or '-'} |", flush=True)
