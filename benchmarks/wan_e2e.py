@@ -84,7 +84,8 @@ def main() -> None:
         print(f"# wan_e2e: {args.preset}{' (tiny)' if args.tiny else ''}, random weights, "
               f"{torch.cuda.get_device_name() if cuda else 'cpu'}, torch {torch.__version__}, "
               f"{platform.python_version()}, compile {args.compile}, vae_compile "
-              f"{args.vae_compile}, cuda_graphs {args.cuda_graphs}, decoder_device {args.decoder_device or 'same'}, "
+              f"{args.vae_compile}, cuda_graphs {args.cuda_graphs}, "
+              f"decoder_device {args.decoder_device or 'same'}, "
               f"{frames} latent frames = {4 * frames - 3} video frames, "
               f"retrieval K=6 R=5\n")
         print("| decoder | text encode s | setup s | generate s | decode+write s | first frame s "

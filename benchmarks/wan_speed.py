@@ -169,9 +169,9 @@ def main() -> None:
           f"{device}, torch {torch.__version__}, {platform.python_version()}; attention "
           f"{args.attention}, compile {args.compile}, storage {args.storage}, tier {args.tier}, "
           f"budget {args.budget_gb} GiB, policy {args.policy}\n")
-    print("| latent frames | linear | graphs | mode | seconds | video FPS | RAG/native | denoise s | "
-          "recache s | plan+gather s | retrieval s | peak GPU GiB | host +GiB (peak) | "
-          "history MiB/frame | storage, tier, budget GiB | dropped | pool setup s | "
+    print("| latent frames | linear | graphs | mode | seconds | video FPS | RAG/native | "
+          "denoise s | recache s | plan+gather s | retrieval s | peak GPU GiB | "
+          "host +GiB (peak) | history MiB/frame | storage, tier, budget GiB | dropped | pool setup s | "
           "setup s (build, warm-up, compile) | ms per block by quarter of the run |")
     print("|" + "---|" * 19)
     gib = 2 ** 30
@@ -223,7 +223,8 @@ def main() -> None:
                                                     latents["float8", graphs], args.tiny)))
             if ("none", "on") in latents and ("none", "off") in latents:
                 diff = (latents["none", "on"] - latents["none", "off"]).abs().max()
-                print(f"\n{t} frames, CUDA graphs on vs off ({args.modes[-1]}): largest latent "
+                last = "retrieval" if "retrieval" in args.modes else "native"  # run last
+                print(f"\n{t} frames, CUDA graphs on vs off ({last}): largest latent "
                       f"difference {float(diff):.3g}\n", flush=True)
     if errors:
         print("\n| latent frames | float8 vs bf16: relative L2 of latents | per block (first, "

@@ -216,7 +216,8 @@ class WanBackbone(Backbone):
         """Weights (DiT, and VAE or TAEHV for video out), the context buffers of one block
         (roped K/V of up to twice the window), its per-layer activations (FFN width, float32
         residual, a few temporaries) and a decoder's working set, the first two twice with CUDA
-        graphs (their buffers and pool); the text encoder is freed before generation. An estimate for refusing runs that cannot fit, not a measurement."""
+        graphs (their buffers and pool); the text encoder is freed before generation. An
+        estimate for refusing runs that cannot fit, not a measurement."""
         c, p = self.cfg, self.params
         weight = 1 if p.quantize == "float8" else self.dtype.itemsize
         linear = sum(m.weight.numel() for m in self.model.blocks.modules()
