@@ -171,8 +171,8 @@ def main() -> None:
           f"budget {args.budget_gb} GiB, policy {args.policy}\n")
     print("| latent frames | linear | graphs | mode | seconds | video FPS | RAG/native | "
           "denoise s | recache s | plan+gather s | retrieval s | peak GPU GiB | "
-          "host +GiB (peak) | history MiB/frame | storage, tier, budget GiB | dropped | pool setup s | "
-          "setup s (build, warm-up, compile) | ms per block by quarter of the run |")
+          "host +GiB (peak) | history MiB/frame | storage, tier, budget GiB | dropped | "
+          "pool setup s | setup s (build, warm-up, compile) | ms per block by quarter of the run |")
     print("|" + "---|" * 19)
     gib = 2 ** 30
     errors, profiles = [], []

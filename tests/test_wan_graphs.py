@@ -64,15 +64,14 @@ def test_graphed_runs_replay_and_match_eager_runs_bitwise_on_cuda(tmp_path, monk
     assert torch.equal(graphed, eager)
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need CUDA")
 def test_replays_follow_their_inputs_and_a_dropped_shape_frees_its_pool_on_cuda():
     def toy(x, t, rope, k_buf, v_buf, mask, cross, return_kv):
         return x * 2 + k_buf.sum() + v_buf.sum() + t.sum() + rope[0].sum() + cross.sum()
 
     passes, cuda = GraphedPasses(toy, keep=1), torch.device("cuda")
-    rope, cross = (torch.ones(3, device=cuda), torch.zeros(3, device=cuda)), torch.ones(2,
-                                                                                  device=cuda)
+    rope = (torch.ones(3, device=cuda), torch.zeros(3, device=cuda))
+    cross = torch.ones(2, device=cuda)
     for i, shape in enumerate([(2, 3), (2, 3), (2, 3), (4, 3), (4, 3), (4, 3)]):
         k, v = passes.context_buffers(shape, torch.float32, cuda)
         k.fill_(i)
