@@ -17,7 +17,7 @@ shared by all of them; ``WanBackbone.memory_estimate`` counts both.
 """
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +37,7 @@ class GraphedPasses:
 
     def __init__(self, model: nn.Module, keep: int = 1):
         self.model, self.keep = model, keep
-        self.seen: Counter[tuple] = Counter()
+        self.seen: set[tuple] = set()  # context shapes prepared at least once
         self.buffers: OrderedDict[tuple, tuple[Tensor, Tensor]] = OrderedDict()
         self.graphs: dict[tuple, _Graph] = {}
         self.pool = None
@@ -48,8 +48,8 @@ class GraphedPasses:
         """K and V buffers [L, B, S, Hh, Dh] for a block's context: fresh the first time a shape
         is seen, this module's persistent pair (graphed passes) from the second time on."""
         shape = tuple(shape)
-        self.seen[shape] += 1
-        if self.seen[shape] < 2:
+        if shape not in self.seen:
+            self.seen.add(shape)
             k = torch.empty(shape, device=device, dtype=dtype)
             return k, torch.empty_like(k)
         if shape not in self.buffers:
