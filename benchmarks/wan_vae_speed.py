@@ -6,9 +6,11 @@ and each setting's output against the first one (relative L2, same latents).
     python benchmarks/wan_vae_speed.py --tiny     # CPU smoke check (small frames)
 
 Settings on CUDA: ``contiguous`` (the VAE as it ran before: default memory format, cudnn's
-default algorithm choice), ``channels_last_3d``, ``channels_last_3d + cudnn.benchmark`` (the
-default path now, ``WanBackbone`` sets both on CUDA), that ``+ compile`` (``vae_compile: true``;
-its compile time is printed apart), and TAEHV's decoder (``decoder: taehv``, channels_last).
+default algorithm choice), ``channels_last_3d``, ``channels_last_3d + cudnn.benchmark``
+(``WanBackbone`` sets both on CUDA), that ``+ compile`` (``vae_compile: true``; its compile time
+is in the first block's seconds), each one latent frame per decoder pass (upstream's way) and,
+marked ``whole blocks``, a block's frames after the first in one pass, and TAEHV's decoder
+(``decoder: taehv``, channels_last).
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from lrag_adapters.wan.vae import VAEConfig, random_vae
 
 def timed(decode_block, latents: torch.Tensor, blocks: int, sync) -> tuple[float, float, list]:
     """(seconds of the first block, seconds per latent frame after it, outputs of two blocks)."""
+    if latents.is_cuda:
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     first = decode_block(latents)
     sync()
@@ -43,6 +47,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--blocks", type=int, default=6)
     parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--fast-only", action="store_true",
+                        help="on CUDA: only the contiguous reference and the compiled rows")
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not args.tiny
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
@@ -51,7 +57,7 @@ def main() -> None:
     latents = torch.randn(1, 3, 16, h, w, device=device, dtype=dtype)  # [B, F, C, h, w]
     real_fast_convs = vae_module.fast_convs
 
-    def vae_setting(channels_last: bool, benchmark: bool, compile: bool):
+    def vae_setting(channels_last: bool, benchmark: bool, compile: bool, chunk: int | None = 1):
         def build():
             vae = random_vae(VAEConfig(dim=8 if args.tiny else 96)).to(device, dtype)
             if channels_last:
@@ -60,7 +66,7 @@ def main() -> None:
                 vae.compile_decoder()
             vae_module.fast_convs = real_fast_convs if benchmark else (
                 lambda device: contextlib.nullcontext())
-            stream = vae.stream_decoder()
+            stream = vae.stream_decoder(chunk)
             return lambda z: stream.decode(z.transpose(1, 2)).transpose(1, 2)
         return build
 
@@ -72,18 +78,22 @@ def main() -> None:
 
     settings = [("contiguous", vae_setting(False, False, False))]
     if cuda:
-        settings += [("channels_last_3d", vae_setting(True, False, False)),
-                     ("channels_last_3d + cudnn.benchmark (default)",
-                      vae_setting(True, True, False))]
+        if not args.fast_only:
+            settings += [("channels_last_3d", vae_setting(True, False, False)),
+                         ("channels_last_3d + cudnn.benchmark", vae_setting(True, True, False)),
+                         ("channels_last_3d + cudnn.benchmark, whole blocks",
+                          vae_setting(True, True, False, None))]
         if args.compile:
             settings += [("channels_last_3d + cudnn.benchmark + compile",
-                          vae_setting(True, True, True))]
+                          vae_setting(True, True, True)),
+                         ("channels_last_3d + cudnn.benchmark + compile, whole blocks",
+                          vae_setting(True, True, True, None))]
     settings += [("TAEHV decoder", taehv)]
     print(f"# wan_vae_speed: {torch.cuda.get_device_name() if cuda else 'cpu'}, {dtype}, "
           f"latents {h}x{w}, blocks of 3, {args.blocks} timed blocks after two\n")
     print("| setting | first block s (incl. compile) | s per latent frame | video frames/s | "
-          "rel. L2 vs contiguous |")
-    print("|---|---|---|---|---|")
+          "rel. L2 vs contiguous | peak GPU GiB |")
+    print("|---|---|---|---|---|---|")
     ref = None
     with torch.no_grad():
         for name, build in settings:
@@ -92,7 +102,9 @@ def main() -> None:
             if ref is None:
                 ref = out
             rel = float((out - ref).norm() / ref.norm()) if "TAEHV" not in name else float("nan")
-            print(f"| {name} | {first:.2f} | {per:.4f} | {4 / per:.1f} | {rel:.2e} |", flush=True)
+            peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else 0.0
+            print(f"| {name} | {first:.2f} | {per:.4f} | {4 / per:.1f} | {rel:.2e} | "
+                  f"{peak:.2f} |", flush=True)
     vae_module.fast_convs = real_fast_convs
 
 

@@ -158,6 +158,22 @@ def test_stream_decode_any_partition(vae, latents, decoded, sizes):
     assert torch.equal(out, decoded)
 
 
+@pytest.mark.parametrize("chunk", [2, None])
+@pytest.mark.parametrize("blocks", [(3, 3, 3), (1, 3, 2, 3), (9,)])
+def test_chunked_stream_decode_matches_frame_by_frame(vae, latents, decoded, blocks, chunk):
+    """Several latent frames per decoder pass (None: a whole block after the first frame) give
+    upstream's frame-by-frame pixels up to float rounding, with the same bounded cache."""
+    stream = vae.stream_decoder(chunk)
+    out = torch.cat([stream.decode(b) for b in latents.split(blocks, dim=2)], dim=2)
+    torch.testing.assert_close(out, decoded, rtol=0, atol=1e-5)
+    assert max(past.shape[2] for past in stream.cache.past.values()) <= 2
+
+
+def test_chunk_must_be_positive(vae):
+    with pytest.raises(ValueError, match="chunk must be >= 1 latent frame"):
+        vae.stream_decoder(0)
+
+
 def test_stream_carries_the_cache(vae, latents, decoded):
     """A fresh decoder on the second block gives other pixels: the history matters."""
     fresh = vae.stream_decoder().decode(latents[:, :, 3:6])
@@ -235,7 +251,7 @@ def test_compiled_decoder_traces_two_graphs_per_stream(latents, decoded, channel
         return gm.forward
 
     torch._dynamo.reset()
-    model.decode_frame = torch.compile(model.decode_frame, backend=count, dynamic=False)
+    model.decode_frames = torch.compile(model.decode_frames, backend=count, dynamic=False)
     stream = model.stream_decoder()
     out = torch.cat([stream.decode(latents[:, :, i:i + 3]) for i in range(0, 9, 3)], dim=2)
     torch._dynamo.reset()

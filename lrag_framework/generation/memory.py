@@ -46,9 +46,23 @@ def frame_bytes(spec: BackboneSpec, streams: int, storage: str = "auto") -> int:
     return per * streams * torch.empty((), dtype=spec.kv_dtype).element_size()
 
 
-def dequantize(values: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
-    """float8 K/V [..., N, Hh, Dh] with scales [...] -> ``dtype``."""
-    return (values.float() * scale[..., None, None, None]).to(dtype)
+def quantize(kv: Tensor) -> tuple[Tensor, Tensor]:
+    """K/V [..., N, Hh, Dh] -> float8 values and one float32 scale per [...] (its amax / 448)."""
+    scale = kv.abs().amax(dim=(-3, -2, -1)).float().clamp(min=1e-12) / FP8_MAX
+    return (kv / scale[..., None, None, None]).to(FP8), scale
+
+
+def dequantize_into(out: Tensor, values: Tensor, scale: Tensor) -> None:
+    """float8 K/V [n, ..., N, Hh, Dh] with scales [n, ...] -> ``out`` (its dtype), computed in
+    float32 and rounded once: a cast copy and an in-place multiply, no temporaries."""
+    out.copy_(values)
+    torch.mul(out, scale[..., None, None, None], out=out)
+
+
+def runs(flags: list[bool]) -> list[tuple[bool, int, int]]:
+    """Maximal runs of equal flags: (flag, start, end) in order."""
+    bounds = [i for i in range(1, len(flags)) if flags[i] != flags[i - 1]]
+    return [(flags[a], a, b) for a, b in zip([0, *bounds], [*bounds, len(flags)])]
 
 
 _pinned: dict = {}  # the last page-locked host buffer, kept for the next run of the same size
@@ -161,9 +175,6 @@ class KVMemory:
             self.sink, self.recent = sink, min_frames
             self.ring = FrameStore(streams * (sink + min_frames), frame, spec.kv_dtype, False,
                                    self.device, False, firsts)
-        self._dequantize = dequantize
-        if fp8 and self.device.type == "cuda":  # one fused kernel
-            self._dequantize = torch.compile(dequantize, dynamic=True)
         self.side = torch.cuda.Stream(self.device) if pin else None
         self.staged = None  # (key, values, scale, event) of the last prefetch
         self.slot_of = torch.full((total_frames,), -1, dtype=torch.long)
@@ -231,8 +242,7 @@ class KVMemory:
             self.ring.put(rows, kv.permute(2, 3, 0, 1, 4, 5, 6).flatten(0, 1), None)
         scale = None
         if self.pool.scale is not None:
-            scale = kv.float().abs().amax(dim=(4, 5, 6)).clamp(min=1e-12) / FP8_MAX  # [L,2,B,F]
-            kv = (kv.float() / scale[..., None, None, None]).to(FP8)
+            kv, scale = quantize(kv)  # scale [L, 2, B, F]
             scale = scale.permute(2, 3, 0, 1).flatten(0, 1)  # [B*F, L, 2]
         values = kv.permute(2, 3, 0, 1, 4, 5, 6).flatten(0, 1).contiguous()  # [B*F, L, 2, ...]
         rows = self._rows(self.slot_of[frames], self.capacity)
@@ -300,23 +310,31 @@ class KVMemory:
                 torch.cuda.current_stream(self.device).wait_stream(self.side)
             values, scale = self.pool.take(rows, self.device)
         self.staged = None
-        if scale is not None:  # float8 history rows -> the backbone's dtype
-            values = (self._dequantize(values, scale, self.kv_dtype) if len(rows)
-                      else values.to(self.kv_dtype))
         if self.ring is not None and bool(in_ring.any()):
-            ring_rows = (torch.arange(b)[:, None] * (self.sink + self.recent)
-                         + self._ring_slot(frame_ids.clamp(min=0)))[in_ring]
-            ring_values, _ = self.ring.take(ring_rows, self.device)
-            if len(rows):
-                values = self._merge(in_ring, ring_values, values)
-            else:  # the whole context is recent (e.g. no retrieval): no merge copy
-                values = ring_values
+            values = self._merged(frame_ids, in_ring, values, scale)
+        elif scale is not None:  # float8 history rows -> the backbone's dtype
+            out = torch.empty(values.shape, dtype=self.kv_dtype, device=values.device)
+            dequantize_into(out, values, scale)
+            values = out
         return values.view(b, f, *values.shape[1:]).permute(2, 3, 0, 1, 4, 5, 6)
 
-    @staticmethod
-    def _merge(in_ring: Tensor, ring_values: Tensor, pool_values: Tensor) -> Tensor:
-        """Interleave ring rows and pool rows back into planned order [B * F, ...]."""
-        mask = in_ring.flatten().to(ring_values.device, non_blocking=True)
-        values = ring_values.new_empty((len(mask), *ring_values.shape[1:]))
-        values[mask], values[~mask] = ring_values, pool_values
+    def _merged(self, frame_ids: Tensor, in_ring: Tensor, pool_values: Tensor,
+                scale: Tensor | None) -> Tensor:
+        """Planned rows [B * F, ...] in the backbone's dtype: each run of ring frames read
+        straight into its place, each run of pool frames copied (dequantised) into its place;
+        row ids built on the host, so nothing waits for the GPU."""
+        ring_rows = (torch.arange(frame_ids.shape[0])[:, None] * (self.sink + self.recent)
+                     + self._ring_slot(frame_ids.clamp(min=0)))[in_ring]
+        ring_rows = ring_rows.to(self.device, non_blocking=True)
+        shape = (frame_ids.numel(), *self.ring.values.shape[1:])
+        values = torch.empty(shape, dtype=self.kv_dtype, device=self.device)
+        taken = {True: 0, False: 0}
+        for from_ring, a, z in runs(in_ring.flatten().tolist()):
+            i, taken[from_ring] = taken[from_ring], taken[from_ring] + z - a
+            if from_ring:
+                torch.index_select(self.ring.values, 0, ring_rows[i:i + z - a], out=values[a:z])
+            elif scale is not None:
+                dequantize_into(values[a:z], pool_values[i:i + z - a], scale[i:i + z - a])
+            else:
+                values[a:z] = pool_values[i:i + z - a]
         return values

@@ -146,7 +146,7 @@ class WanBackbone(Backbone):
                     return light.decode(latents.to(device))
 
             return decode_light
-        stream = self.vae.stream_decoder()
+        stream = self.vae.stream_decoder(None if device.type == "cuda" else 1)  # docs/vae.md
 
         def decode(latents: Tensor) -> Tensor:
             with torch.no_grad():

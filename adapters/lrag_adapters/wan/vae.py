@@ -7,10 +7,12 @@ public ones (``encoder.conv1.weight``, ``encoder.downsamples.N...``, ``encoder.m
 file loads as it is. Stride 4 in time and 8 in space: a video of ``1 + 4k`` frames of HxW maps to
 ``1 + k`` latent frames of 16 x H/8 x W/8.
 
-Chunking and causal cache exactly as upstream: the encoder sees frame 0 alone, then chunks of 4
-frames; the decoder one latent frame at a time (1 pixel frame for the first, 4 for each later
-one). Because the decoder is causal and carries its cache, ``StreamDecoder`` can decode the
-latent blocks of an autoregressive generator as they come, and matches a one-shot ``decode``.
+Chunking and causal cache as upstream: the encoder sees frame 0 alone, then chunks of 4 frames;
+the decoder one latent frame at a time (1 pixel frame for the first, 4 for each later one).
+Because the decoder is causal and carries its cache, ``StreamDecoder`` can decode the latent
+blocks of an autoregressive generator as they come, and matches a one-shot ``decode``; it can
+also take several latent frames per pass (``chunk``), the same pixels up to float rounding in
+fewer, larger kernels (the backbone's path on CUDA, docs/vae.md).
 Latents are normalised per channel: ``(mu - mean) / std`` with the public constants.
 Runs in the weights' dtype (fp32 on CPU, bf16 on GPU); memory stays bounded by one chunk of
 activations, the cache and the output.
@@ -171,12 +173,14 @@ class WanVAE(nn.Module):
         """Normalised latents [B, 16, F, h, w] -> video [B, 3, 1 + 4(F - 1), 8h, 8w] in [-1, 1]."""
         return self.stream_decoder().decode(latents)
 
-    def stream_decoder(self) -> StreamDecoder:
-        """A decoder fed the latents of one video block by block, in order."""
-        return StreamDecoder(self)
+    def stream_decoder(self, chunk: int | None = 1) -> StreamDecoder:
+        """A decoder fed the latents of one video block by block, in order; ``chunk``: latent
+        frames per decoder pass (None: a whole block after the first frame)."""
+        return StreamDecoder(self, chunk)
 
-    def decode_frame(self, z: Tensor, cache: CausalCache) -> Tensor:
-        """One un-normalised latent frame [B, z, 1, h, w] -> 1 (first) or 4 frames [B, 3, ...]."""
+    def decode_frames(self, z: Tensor, cache: CausalCache) -> Tensor:
+        """Un-normalised latent frames [B, z, f, h, w] -> 1 + 4(f - 1) (the stream's first
+        chunk, f = 1) or 4f frames [B, 3, ...]."""
         return self.decoder(self.conv2(z), cache)
 
     def channels_last(self) -> WanVAE:
@@ -189,9 +193,9 @@ class WanVAE(nn.Module):
         return self
 
     def compile_decoder(self) -> None:
-        """torch.compile ``decode_frame`` (one graph for a stream's first frame, one for the
-        others); compiled at the first decode."""
-        self.decode_frame = torch.compile(self.decode_frame, dynamic=False)
+        """torch.compile ``decode_frames`` (one graph for a stream's first frame, one for each
+        chunk size after it); compiled at the first decode."""
+        self.decode_frames = torch.compile(self.decode_frames, dynamic=False)
 
 
 @contextmanager
@@ -212,12 +216,17 @@ def fast_convs(device: torch.device):
 class StreamDecoder:
     """Decodes consecutive latent blocks of one video, carrying the causal cache between calls.
 
-    Fed blocks in order it returns, block by block, exactly the frames ``WanVAE.decode`` returns
-    for their concatenation: the first call ``1 + 4(f - 1)`` frames, each later call ``4f``.
+    Fed blocks in order it returns, block by block, the frames ``WanVAE.decode`` returns for
+    their concatenation: the first call ``1 + 4(f - 1)`` frames, each later call ``4f``. With
+    ``chunk=1`` (upstream's way: one latent frame per decoder pass) exactly those; with larger
+    chunks (None: all of a block's frames after the stream's first in one pass) the same up to
+    float rounding, since every causal layer sees the same inputs, in fewer, larger kernels.
     """
 
-    def __init__(self, vae: WanVAE):
-        self.vae = vae
+    def __init__(self, vae: WanVAE, chunk: int | None = 1):
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"wan vae: chunk must be >= 1 latent frame (or None), got {chunk}")
+        self.vae, self.chunk = vae, chunk
         self.cache = CausalCache()
 
     def decode(self, block: Tensor) -> Tensor:
@@ -234,13 +243,14 @@ class StreamDecoder:
         out = z.new_empty(b, 3, frames, h * p, w * p)
         fmt = torch.channels_last_3d if vae.conv2.weight.is_contiguous(
             memory_format=torch.channels_last_3d) else torch.contiguous_format
-        t = 0
+        t = i = 0
         with fast_convs(z.device):
-            for i in range(f):  # one latent frame at a time, as upstream
-                frame = (z[:, :, i:i + 1] * std + mean).contiguous(memory_format=fmt)
-                x = vae.decode_frame(frame, self.cache)  # [B, 3, 1 | s, H, W]
+            while i < f:  # a stream's first frame alone, as upstream, then chunks
+                n = 1 if self.cache.first else min(self.chunk or f, f - i)
+                frames = (z[:, :, i:i + n] * std + mean).contiguous(memory_format=fmt)
+                x = vae.decode_frames(frames, self.cache)  # [B, 3, 1 | s n, H, W]
                 out[:, :, t:t + x.shape[2]] = x.clamp(-1, 1)
-                t += x.shape[2]
+                t, i = t + x.shape[2], i + n
         return out
 
 
