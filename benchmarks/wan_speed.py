@@ -14,6 +14,7 @@ long run slow down as it goes?).
     python benchmarks/wan_speed.py --frames 120 --budget-gb 40 --preset causal_forcing
     python benchmarks/wan_speed.py --quantize none float8 --profile   # fp8 rows + error, profile
     python benchmarks/wan_speed.py --cuda-graphs off on                # CUDA graphs side by side
+    python benchmarks/wan_speed.py --fused-gelu off on                 # FFN epilogue A/B
 
 History K/V lives in a device pool bounded by ``--budget-gb`` (``--policy``, default ``thin``, the
 run default): 480 frames of 1.3B K/V (0.27 GiB each in bf16) do not fit an 80 GiB card, some
@@ -47,10 +48,11 @@ def build_config(preset: str, frames: int, retrieval: bool, tiny: bool, prompt: 
                  out_dir: Path, budget_gb: float | str, storage: str = "auto", tier: str = "auto",
                  attention: str = "cudnn", compile: bool = True, policy: str = "thin",
                  quantize: str = "none", save_latents: bool = False,
-                 cuda_graphs: bool = True) -> dict:
+                 cuda_graphs: bool = True, fused_gelu: bool = True) -> dict:
     """The run config of one benchmark row (the only place that knows the config's fields)."""
     backbone = {"random_init": True, "attention": attention, "compile": compile,
-                "quantize": quantize, "cuda_graphs": cuda_graphs, **(TINY if tiny else {})}
+                "quantize": quantize, "cuda_graphs": cuda_graphs, "fused_gelu": fused_gelu,
+                **(TINY if tiny else {})}
     return {
         "name": f"wan_speed_{frames}_{'retrieval' if retrieval else 'native'}",
         "backbone": {"name": preset, "params": backbone},
@@ -147,6 +149,9 @@ def main() -> None:
     parser.add_argument("--cuda-graphs", choices=["off", "on"], nargs="+", default=["on"],
                         help="replay the DiT passes as CUDA graphs (default on); several: rows "
                         "for each")
+    parser.add_argument("--fused-gelu", choices=["off", "on"], nargs="+", default=["on"],
+                        help="the FFN's bias and GELU in its GEMM's epilogue (default on); "
+                        "several: rows for each")
     parser.add_argument("--profile", action="store_true",
                         help="kernel profile of retrieval blocks at the first length")
     parser.add_argument("--modes", choices=["native", "retrieval"], nargs="+",
@@ -169,11 +174,11 @@ def main() -> None:
           f"{device}, torch {torch.__version__}, {platform.python_version()}; attention "
           f"{args.attention}, compile {args.compile}, storage {args.storage}, tier {args.tier}, "
           f"budget {args.budget_gb} GiB, policy {args.policy}\n")
-    print("| latent frames | linear | graphs | mode | seconds | video FPS | RAG/native | "
+    print("| latent frames | linear | graphs | fused GELU | mode | seconds | video FPS | RAG/native | "
           "denoise s | recache s | plan+gather s | retrieval s | peak GPU GiB | "
           "host +GiB (peak) | history MiB/frame | storage, tier, budget GiB | dropped | "
           "pool setup s | setup s (build, warm-up, compile) | ms per block by quarter of the run |")
-    print("|" + "---|" * 19)
+    print("|" + "---|" * 20)
     gib = 2 ** 30
     errors, profiles = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,26 +188,27 @@ def main() -> None:
         save_file({"prompt_embeds": torch.randn(text_len, text_dim, generator=gen) * 0.1},
                   str(prompt))
 
-        def config(t, retrieval, quantize, graphs="on"):
+        def config(t, retrieval, quantize, graphs="on", fused="on"):
             return build_config(args.preset, t, retrieval, args.tiny, prompt, Path(tmp) / "runs",
                                 args.budget_gb, args.storage, args.tier, args.attention,
                                 args.compile, args.policy, quantize,
-                                cuda_graphs=graphs == "on")
+                                cuda_graphs=graphs == "on", fused_gelu=fused == "on")
 
         for t in frames:
             latents = {}
-            for quantize, graphs in ((q, g) for q in args.quantize for g in args.cuda_graphs):
+            for quantize, graphs, fused in ((q, g, f) for q in args.quantize
+                                            for g in args.cuda_graphs for f in args.fused_gelu):
                 native = None
                 for retrieval in () if args.profile_only else (False, True):
                     if ("retrieval" if retrieval else "native") not in args.modes:
                         continue
-                    r = measure(config(t, retrieval, quantize, graphs))
+                    r = measure(config(t, retrieval, quantize, graphs, fused))
                     native = native or (None if retrieval else r["seconds"])
                     ratio = f"{r['seconds'] / native:.2f}x" if native else "-"
                     tm, mem, res = r["timings"], r["memory"], r["resolved"] or {}
                     where = (f"{res.get('storage', args.storage)}, {res.get('tier', args.tier)}, "
                              f"{mem['kv_pool_bytes'] / gib:.1f}")
-                    print(f"| {t} | {quantize} | {graphs} | {r['mode']} | {r['seconds']:.2f} | "
+                    print(f"| {t} | {quantize} | {graphs} | {fused} | {r['mode']} | {r['seconds']:.2f} | "
                           f"{(4 * t - 3) / r['seconds']:.1f} | {ratio} | "
                           f"{tm['denoise']:.2f} | {tm['recache']:.2f} | {tm['plan_gather']:.2f} | "
                           f"{tm['retrieval']:.2f} | {r['gpu_peak'] / gib:.2f} | "
@@ -211,21 +217,27 @@ def main() -> None:
                           f"{mem['kv_dropped_frames']} | {tm['memory_setup']:.1f} | "
                           f"{r['setup'] - tm['memory_setup']:.1f} | {r['quarters']} |",
                           flush=True)
-                    latents[quantize, graphs] = r["latents"]
+                    latents[quantize, graphs, fused] = r["latents"]
                 if (args.profile or args.profile_only) and t == frames[0] and not args.tiny \
-                        and quantize == args.quantize[0]:
-                    profiles.append((f"{t} frames, {quantize}, graphs {graphs}",
-                                     profile_block(config(t, True, quantize, graphs),
-                                                   PROFILED_BLOCK)))
-            for graphs in args.cuda_graphs:
-                if ("float8", graphs) in latents and ("none", graphs) in latents:
-                    errors.append((t, *float8_error(latents["none", graphs],
-                                                    latents["float8", graphs], args.tiny)))
-            if ("none", "on") in latents and ("none", "off") in latents:
-                diff = (latents["none", "on"] - latents["none", "off"]).abs().max()
+                        and quantize == args.quantize[0] and fused == args.fused_gelu[-1]:
+                    profiles.append((f"{t} frames, {quantize}, graphs {graphs}, fused GELU "
+                                     f"{fused}", profile_block(config(t, True, quantize, graphs,
+                                                                      fused), PROFILED_BLOCK)))
+            first = (args.cuda_graphs[0], args.fused_gelu[0])
+            if ("float8", *first) in latents and ("none", *first) in latents:
+                errors.append((t, *float8_error(latents["none", *first],
+                                                latents["float8", *first], args.tiny)))
+            fused = args.fused_gelu[0]
+            if ("none", "on", fused) in latents and ("none", "off", fused) in latents:
+                diff = (latents["none", "on", fused] - latents["none", "off", fused]).abs().max()
                 last = "retrieval" if "retrieval" in args.modes else "native"  # run last
                 print(f"\n{t} frames, CUDA graphs on vs off ({last}): largest latent "
                       f"difference {float(diff):.3g}\n", flush=True)
+            pair = [latents.get(("none", args.cuda_graphs[0], f)) for f in ("off", "on")]
+            if pair[0] is not None and pair[1] is not None:
+                rel = (pair[1] - pair[0]).norm() / pair[0].norm()
+                print(f"\n{t} frames, fused GELU on vs off: relative L2 of the latents "
+                      f"{float(rel):.3g}\n", flush=True)
     if errors:
         print("\n| latent frames | float8 vs bf16: relative L2 of latents | per block (first, "
               "last) | PSNR dB of the first 12 latent frames decoded (VAE) |")

@@ -486,3 +486,29 @@ def test_run_end_to_end_with_retrieval(tmp_path):
     assert result.latents["retrieval"].shape == (1, 18, C, 4, 6)
     assert result.summary["modes"]["retrieval"]["blocks_retrieved"] > 0
     assert result.latents["retrieval"].isfinite().all()
+
+
+def test_fused_ffn_epilogue_gives_the_plain_ffn_and_compiles():
+    """``linear_gelu`` (the FFN's first linear with bias and tanh GELU as one op) equals the
+    module pair it replaces on the CPU, also inside torch.compile (its fake shape)."""
+    from lrag_adapters.wan.model import linear_gelu
+
+    gen = torch.Generator().manual_seed(0)
+    up = torch.nn.Linear(D, FFN)
+    x = torch.randn(2, 3, N, D, generator=gen)
+    plain = torch.nn.functional.gelu(up(x), approximate="tanh")
+    assert torch.equal(linear_gelu(x, up.weight, up.bias), plain)
+    compiled = torch.compile(lambda h: linear_gelu(h, up.weight, up.bias) * 2, backend="eager")
+    torch.testing.assert_close(compiled(x), plain * 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the cuBLASLt epilogue needs CUDA")
+def test_fused_ffn_epilogue_is_close_to_the_plain_ffn_on_cuda():
+    from lrag_adapters.wan.model import linear_gelu
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    up = torch.nn.Linear(1536, 8960).to("cuda", torch.bfloat16)
+    x = torch.randn(1, 3, 1560, 1536, device="cuda", dtype=torch.bfloat16, generator=gen)
+    plain = torch.nn.functional.gelu(up(x).float(), approximate="tanh")
+    fused = linear_gelu(x, up.weight, up.bias).float()
+    assert float((fused - plain).norm() / plain.norm()) < 1e-2

@@ -202,6 +202,9 @@ class WanBackbone(Backbone):
 
             float8_linears(self.model, self.device, self.dtype)
             self._quantized = True
+        if (self.params.fused_gelu and self.device.type == "cuda"
+                and self.params.quantize == "none"):
+            self.model.fuse_ffn_epilogue()
         if self.params.compile and self.device.type == "cuda":
             self.model.compile_layers()
             self._roped_context = torch.compile(roped_context, dynamic=True)

@@ -76,6 +76,25 @@ def sinusoidal(t: Tensor, dim: int) -> Tensor:
     return torch.cat((angles.cos(), angles.sin()), dim=-1).float()
 
 
+@torch.library.custom_op("lrag_wan::linear_gelu", mutates_args=())
+def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """tanh-GELU(x W^T + b) for x [..., D]. On CUDA one cuBLASLt GEMM that adds the bias and
+    applies the GELU in its epilogue, on the float32 accumulator (a custom op, so inductor keeps
+    it whole instead of splitting it into a GEMM and a pointwise kernel that re-reads the
+    FFN-wide activation); elsewhere the plain ops."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x.is_cuda:
+        y = torch._addmm_activation(bias, x2, weight.t(), use_gelu=True)
+    else:
+        y = F.gelu(F.linear(x2, weight, bias), approximate="tanh")
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
+@linear_gelu.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
 def layer_norm(x: Tensor, eps: float) -> Tensor:
     return F.layer_norm(x.float(), x.shape[-1:], eps=eps)
 
@@ -129,6 +148,7 @@ class Block(nn.Module):
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim ** 0.5)
         self.compiled: tuple | None = None  # (pre, post) set by WanDiT.compile_layers
+        self.fused_gelu = False  # set by WanDiT.fuse_ffn_epilogue
 
     def _modulated(self, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
         return (layer_norm(x, self.eps) * (1 + scale) + shift).to(self.ffn[0].weight.dtype)
@@ -169,7 +189,10 @@ class Block(nn.Module):
         _, _, gate1, shift2, scale2, gate2 = self._mod(e)
         x = x + self.self_attn.o(y.reshape(x.shape)).float() * gate1
         x = x + self.cross(x, cross_k, cross_v).float()
-        return x + self.ffn(self._modulated(x, shift2, scale2)).float() * gate2
+        h = self._modulated(x, shift2, scale2)
+        up = self.ffn[0]
+        h = linear_gelu(h, up.weight, up.bias) if self.fused_gelu else self.ffn[1](up(h))
+        return x + self.ffn[2](h).float() * gate2
 
     def forward(self, x: Tensor, e: Tensor, rope: tuple[Tensor, Tensor], k_buf: Tensor,
                 v_buf: Tensor, mask: Tensor | None, cross_k: Tensor,
@@ -260,6 +283,12 @@ class WanDiT(nn.Module):
         for block in self.blocks:
             block.compiled = (torch.compile(block.pre_attention, dynamic=False),
                               torch.compile(block.post_attention, dynamic=False))
+
+    def fuse_ffn_epilogue(self) -> None:
+        """Each FFN's bias and GELU in its first GEMM's epilogue (``linear_gelu``; CUDA, plain
+        bf16/fp16 linear layers: not after float8 conversion)."""
+        for block in self.blocks:
+            block.fused_gelu = True
 
     def text_kv(self, text: Tensor) -> Tensor:
         """Prompt embeddings [P, Lt, text_dim] (zero-padded to text_len as Wan does) ->

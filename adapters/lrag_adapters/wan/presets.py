@@ -42,6 +42,10 @@ class WanParams(BaseModel):
     compile: bool = Field(True, description="torch.compile each layer's fixed-shape parts on "
                           "CUDA (about 1.4x; compiled during the run's warm-up, ~15 s once per "
                           "process); ignored on CPU")
+    fused_gelu: bool = Field(True, description="the FFN's bias and GELU in the epilogue of its "
+                             "first GEMM (cuBLASLt) on CUDA: one kernel and one FFN-wide "
+                             "activation round trip less per layer; not with quantize: float8; "
+                             "ignored on CPU")
     cuda_graphs: bool = Field(True, description="replay each DiT pass as a CUDA graph once its "
                               "context shape repeats (the steady state): one launch instead of "
                               "~900 per pass, same outputs; ignored on CPU (docs/backbones.md)")
