@@ -230,8 +230,12 @@ class WanBackbone(Backbone):
         context = (c.num_layers * 2 * streams * (2 * p.window + block) * n * c.dim
                    * self.dtype.itemsize)
         activations = 6 * streams * block * n * max(c.ffn_dim, 3 * c.dim) * 4
-        pixels = streams * 4 * block * 3 * 64 * n * 4  # one decoded block, 8x8 pixels a latent
-        decoder = (2 * 2 ** 20 if p.decoder == "taehv" else 260 * 2 ** 20) + 24 * pixels
+        # one decoded block: 4 video frames a latent frame, 8x8 pixels a latent, 2x2 latents a
+        # token; the VAE's working set is ~16 activations of 96 channels at full size (13.6 GiB
+        # measured for a whole 3-frame block on the H200, docs/vae.md), TAEHV's far smaller
+        pixels = streams * 4 * (block if self.decode_device.type == "cuda" else 1) * 256 * n
+        decoder = (2 * 2 ** 20 + 24 * 3 * 4 * pixels if p.decoder == "taehv"
+                   else 260 * 2 ** 20 + 16 * 96 * pixels * self.dtype.itemsize)
         if self.decode_device != self.device:  # decoder_device: on another device
             decoder = 0
         if p.cuda_graphs and self.device.type == "cuda":  # a second context pair, the graph pool
