@@ -146,7 +146,10 @@ class WanBackbone(Backbone):
                     return light.decode(latents.to(device))
 
             return decode_light
-        stream = self.vae.stream_decoder(None if device.type == "cuda" else 1)  # docs/vae.md
+        # on CUDA a block's latent frames per decoder pass (bounded: also for a whole video at
+        # once); on the CPU one at a time, as upstream (docs/vae.md)
+        stream = self.vae.stream_decoder(self.params.frames_per_block if device.type == "cuda"
+                                         else 1)
 
         def decode(latents: Tensor) -> Tensor:
             with torch.no_grad():
