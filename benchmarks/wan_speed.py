@@ -174,8 +174,8 @@ def main() -> None:
           f"{device}, torch {torch.__version__}, {platform.python_version()}; attention "
           f"{args.attention}, compile {args.compile}, storage {args.storage}, tier {args.tier}, "
           f"budget {args.budget_gb} GiB, policy {args.policy}\n")
-    print("| latent frames | linear | graphs | fused GELU | mode | seconds | video FPS | RAG/native | "
-          "denoise s | recache s | plan+gather s | retrieval s | peak GPU GiB | "
+    print("| latent frames | linear | graphs | fused GELU | mode | seconds | video FPS | "
+          "RAG/native | denoise s | recache s | plan+gather s | retrieval s | peak GPU GiB | "
           "host +GiB (peak) | history MiB/frame | storage, tier, budget GiB | dropped | "
           "pool setup s | setup s (build, warm-up, compile) | ms per block by quarter of the run |")
     print("|" + "---|" * 20)
@@ -208,8 +208,8 @@ def main() -> None:
                     tm, mem, res = r["timings"], r["memory"], r["resolved"] or {}
                     where = (f"{res.get('storage', args.storage)}, {res.get('tier', args.tier)}, "
                              f"{mem['kv_pool_bytes'] / gib:.1f}")
-                    print(f"| {t} | {quantize} | {graphs} | {fused} | {r['mode']} | {r['seconds']:.2f} | "
-                          f"{(4 * t - 3) / r['seconds']:.1f} | {ratio} | "
+                    print(f"| {t} | {quantize} | {graphs} | {fused} | {r['mode']} | "
+                          f"{r['seconds']:.2f} | {(4 * t - 3) / r['seconds']:.1f} | {ratio} | "
                           f"{tm['denoise']:.2f} | {tm['recache']:.2f} | {tm['plan_gather']:.2f} | "
                           f"{tm['retrieval']:.2f} | {r['gpu_peak'] / gib:.2f} | "
                           f"{r['host_growth'] / gib:+.2f} ({r['host_peak_growth'] / gib:+.2f}) | "
@@ -223,11 +223,12 @@ def main() -> None:
                     profiles.append((f"{t} frames, {quantize}, graphs {graphs}, fused GELU "
                                      f"{fused}", profile_block(config(t, True, quantize, graphs,
                                                                       fused), PROFILED_BLOCK)))
-            first = (args.cuda_graphs[0], args.fused_gelu[0])
-            if ("float8", *first) in latents and ("none", *first) in latents:
-                errors.append((t, *float8_error(latents["none", *first],
-                                                latents["float8", *first], args.tiny)))
             fused = args.fused_gelu[0]
+            for graphs in args.cuda_graphs:
+                if ("float8", graphs, fused) in latents and ("none", graphs, fused) in latents:
+                    errors.append((t, *float8_error(latents["none", graphs, fused],
+                                                    latents["float8", graphs, fused],
+                                                    args.tiny)))
             if ("none", "on", fused) in latents and ("none", "off", fused) in latents:
                 diff = (latents["none", "on", fused] - latents["none", "off", fused]).abs().max()
                 last = "retrieval" if "retrieval" in args.modes else "native"  # run last

@@ -236,11 +236,14 @@ def test_matches_the_public_implementation():
                                atol=2e-5)
 
 
+@pytest.mark.parametrize("chunk, traced", [(1, 2), (3, 3)])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_compiled_decoder_traces_two_graphs_per_stream(latents, decoded, channels_last):
+def test_compiled_decoder_traces_one_graph_per_chunk_size(latents, decoded, channels_last, chunk,
+                                                          traced):
     """The causal cache has one layout from the first latent frame on (every layer's past is
     its full length, zeros before the start, in dense copies), so a compiled decoder traces one
-    graph for a stream's first frame and one for all the others, and still decodes exactly."""
+    graph for a stream's first frame and one per chunk size after it (one frame a pass: one;
+    3-frame blocks: the first block's other 2 frames, then 3), and still decodes exactly."""
     model = random_vae(SMALL, seed=1)
     if channels_last:
         model.channels_last()
@@ -252,8 +255,8 @@ def test_compiled_decoder_traces_two_graphs_per_stream(latents, decoded, channel
 
     torch._dynamo.reset()
     model.decode_frames = torch.compile(model.decode_frames, backend=count, dynamic=False)
-    stream = model.stream_decoder()
+    stream = model.stream_decoder(chunk)
     out = torch.cat([stream.decode(latents[:, :, i:i + 3]) for i in range(0, 9, 3)], dim=2)
     torch._dynamo.reset()
-    assert len(graphs) == 2
+    assert len(graphs) == traced
     torch.testing.assert_close(out, decoded, rtol=0, atol=1e-5)

@@ -59,10 +59,15 @@ def dequantize_into(out: Tensor, values: Tensor, scale: Tensor) -> None:
     torch.mul(out, scale[..., None, None, None], out=out)
 
 
-def runs(flags: list[bool]) -> list[tuple[bool, int, int]]:
-    """Maximal runs of equal flags: (flag, start, end) in order."""
+def runs(flags: list[bool]) -> list[tuple[bool, int, int, int]]:
+    """Maximal runs of equal flags, in order: (flag, start, end, how many earlier flags equal
+    this one), the last being where the run starts among its own kind."""
     bounds = [i for i in range(1, len(flags)) if flags[i] != flags[i - 1]]
-    return [(flags[a], a, b) for a, b in zip([0, *bounds], [*bounds, len(flags)])]
+    out, seen = [], {True: 0, False: 0}
+    for a, z in zip([0, *bounds], [*bounds, len(flags)]):
+        out.append((flags[a], a, z, seen[flags[a]]))
+        seen[flags[a]] += z - a
+    return out
 
 
 _pinned: dict = {}  # the last page-locked host buffer, kept for the next run of the same size
@@ -328,13 +333,12 @@ class KVMemory:
         ring_rows = ring_rows.to(self.device, non_blocking=True)
         shape = (frame_ids.numel(), *self.ring.values.shape[1:])
         values = torch.empty(shape, dtype=self.kv_dtype, device=self.device)
-        taken = {True: 0, False: 0}
-        for from_ring, a, z in runs(in_ring.flatten().tolist()):
-            i, taken[from_ring] = taken[from_ring], taken[from_ring] + z - a
+        for from_ring, a, z, i in runs(in_ring.flatten().tolist()):
+            j = i + z - a  # [i, j): the run's rows in its own source
             if from_ring:
-                torch.index_select(self.ring.values, 0, ring_rows[i:i + z - a], out=values[a:z])
+                torch.index_select(self.ring.values, 0, ring_rows[i:j], out=values[a:z])
             elif scale is not None:
-                dequantize_into(values[a:z], pool_values[i:i + z - a], scale[i:i + z - a])
+                dequantize_into(values[a:z], pool_values[i:j], scale[i:j])
             else:
-                values[a:z] = pool_values[i:i + z - a]
+                values[a:z] = pool_values[i:j]
         return values

@@ -133,6 +133,12 @@ class WanBackbone(Backbone):
     def decode(self, latents: Tensor) -> Tensor:
         return self.stream_decoder()(latents)
 
+    @property
+    def vae_chunk(self) -> int:
+        """Latent frames per VAE decoder pass: a block's on CUDA (bounded, also for a whole
+        video decoded at once), one on the CPU, as upstream (docs/vae.md)."""
+        return self.params.frames_per_block if self.decode_device.type == "cuda" else 1
+
     def stream_decoder(self):
         """Latent blocks [B, F, 16, H, W] -> frames [B, 1 + 4(F-1) first, then 4F, 3, 8H, 8W],
         the decoder's causal state carried from block to block (the VAE, or TAEHV's), on the
@@ -146,10 +152,7 @@ class WanBackbone(Backbone):
                     return light.decode(latents.to(device))
 
             return decode_light
-        # on CUDA a block's latent frames per decoder pass (bounded: also for a whole video at
-        # once); on the CPU one at a time, as upstream (docs/vae.md)
-        stream = self.vae.stream_decoder(self.params.frames_per_block if device.type == "cuda"
-                                         else 1)
+        stream = self.vae.stream_decoder(self.vae_chunk)
 
         def decode(latents: Tensor) -> Tensor:
             with torch.no_grad():
@@ -236,9 +239,11 @@ class WanBackbone(Backbone):
         # one decoded block: 4 video frames a latent frame, 8x8 pixels a latent, 2x2 latents a
         # token; the VAE's working set is ~16 activations of 96 channels at full size (13.6 GiB
         # measured for a whole 3-frame block on the H200, docs/vae.md), TAEHV's far smaller
-        pixels = streams * 4 * (block if self.decode_device.type == "cuda" else 1) * 256 * n
-        decoder = (2 * 2 ** 20 + 24 * 3 * 4 * pixels if p.decoder == "taehv"
-                   else 260 * 2 ** 20 + 16 * 96 * pixels * self.dtype.itemsize)
+        if p.decoder == "taehv":  # a whole block a pass
+            decoder = 2 * 2 ** 20 + 24 * 3 * 4 * streams * 4 * block * 256 * n
+        else:
+            pixels = streams * 4 * self.vae_chunk * 256 * n
+            decoder = 260 * 2 ** 20 + 16 * 96 * pixels * self.dtype.itemsize
         if self.decode_device != self.device:  # decoder_device: on another device
             decoder = 0
         if p.cuda_graphs and self.device.type == "cuda":  # a second context pair, the graph pool

@@ -179,8 +179,8 @@ class WanVAE(nn.Module):
         return StreamDecoder(self, chunk)
 
     def decode_frames(self, z: Tensor, cache: CausalCache) -> Tensor:
-        """Un-normalised latent frames [B, z, f, h, w] -> 1 + 4(f - 1) (the stream's first
-        chunk, f = 1) or 4f frames [B, 3, ...]."""
+        """Un-normalised latent frames [B, z, f, h, w] -> 1 (a stream's first frame, alone) or
+        4f frames [B, 3, ...]."""
         return self.decoder(self.conv2(z), cache)
 
     def channels_last(self) -> WanVAE:
